@@ -1,0 +1,1 @@
+"""Adapters that plug registry backbones into other libraries (smp, torchvision detection)."""

@@ -1,0 +1,107 @@
+"""Our backbones as segmentation_models_pytorch encoders.
+
+Importing this module registers ``"rt-<name>"`` (e.g. ``"rt-resnet50"``) in smp's encoder table,
+so ``smp.Unet("rt-resnet50", encoder_weights=None)``, ``smp.FPN`` and ``smp.DeepLabV3Plus`` build
+on our backbone; weights then load with :meth:`SmpEncoder.load_weights` (our loader: torchvision,
+timm or local files, offline-safe) and freezing with :meth:`SmpEncoder.freeze`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..backbone import ResNetBackbone
+from ..registry import STAGE_NAMES, get_spec, list_backbones
+from ..weights import load_trunk_weights, resolve_weights
+
+PREFIX = "rt-"
+
+
+class SmpEncoder(nn.Module):
+    """smp encoder protocol (list of features, input first) over a :class:`ResNetBackbone`."""
+
+    _is_torch_scriptable = False
+    _is_torch_exportable = True
+    _is_torch_compilable = True
+
+    def __init__(self, name: str, depth: int = 5, output_stride: int = 32, freeze_stages: int = 0,
+                 norm: str = "bn") -> None:
+        super().__init__()
+        if not 1 <= depth <= 5:
+            raise ValueError(f"encoder depth must be in 1…5, got {depth}")
+        self._depth = depth
+        self._in_channels = 3
+        self._output_stride = output_stride
+        spec = get_spec(name)
+        self.backbone = ResNetBackbone(spec, STAGE_NAMES[:depth], freeze_stages=freeze_stages, norm=norm)
+        self._out_channels = [3] + [f.channels for f in self.backbone.feature_info]
+
+    @property
+    def out_channels(self) -> list[int]:
+        return self._out_channels
+
+    @property
+    def output_stride(self) -> int:
+        return min(self._output_stride, 2 ** self._depth)
+
+    @property
+    def feature_info(self):
+        return self.backbone.feature_info
+
+    @property
+    def preprocessing(self):
+        return self.backbone.preprocessing
+
+    def load_weights(self, weights: str | os.PathLike | None) -> "SmpEncoder":
+        """Load ``"imagenet"``/``"torchvision:…"``/``"timm:…"``/a file into the encoder."""
+        sd, pre = resolve_weights(self.backbone.spec, weights)
+        if sd is not None:
+            load_trunk_weights(self.backbone, sd, self.backbone.spec.name, str(weights))
+        self.backbone.preprocessing = pre
+        return self
+
+    def freeze(self, freeze_stages: int) -> "SmpEncoder":
+        self.backbone.freeze(freeze_stages)
+        return self
+
+    def set_in_channels(self, in_channels: int, pretrained: bool = True) -> None:
+        if in_channels == 3:
+            return
+        from segmentation_models_pytorch.encoders._utils import patch_first_conv
+
+        self._in_channels = in_channels
+        self._out_channels[0] = in_channels
+        patch_first_conv(model=self.backbone, new_in_channels=in_channels, pretrained=pretrained)
+
+    def get_stages(self) -> dict[int, list[nn.Module]]:
+        return {16: [self.backbone.layer3], 32: [self.backbone.layer4]}
+
+    def make_dilated(self, output_stride: int) -> None:
+        from segmentation_models_pytorch.encoders._utils import replace_strides_with_dilation
+
+        if output_stride not in (8, 16):
+            raise ValueError(f"output stride must be 8 or 16, got {output_stride}")
+        for stage_stride, modules in self.get_stages().items():
+            if stage_stride > output_stride:
+                for m in modules:
+                    replace_strides_with_dilation(m, stage_stride // output_stride)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x, *self.backbone(x).values()]
+
+
+def register_smp_encoders() -> list[str]:
+    """Add ``rt-<name>`` for every registry backbone to smp's encoder table (idempotent)."""
+    from segmentation_models_pytorch.encoders import encoders
+
+    names = []
+    for name in list_backbones():
+        key = PREFIX + name
+        encoders[key] = {"encoder": SmpEncoder, "pretrained_settings": {}, "params": {"name": name}}
+        names.append(key)
+    return names
+
+
+register_smp_encoders()
