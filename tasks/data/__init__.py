@@ -1,0 +1,1 @@
+"""Data helpers shared by the tasks (file reading, seeded sampling, demo sets)."""
