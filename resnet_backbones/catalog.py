@@ -1,0 +1,31 @@
+"""Registry overview for listings (``resnet-tasks backbones``): sizes, features, default weights."""
+from __future__ import annotations
+
+import torch
+
+from .registry import STAGE_STRIDES, get_spec, list_backbones
+
+
+def _imagenet_label(spec) -> str:
+    src = spec.imagenet
+    if src.startswith("torchvision:"):
+        from torchvision.models import get_model_weights
+
+        w = get_model_weights(spec.name)[src.split(":", 1)[1]]
+        return f"{src} (top-1 {w.meta['_metrics']['ImageNet-1K']['acc@1']:.2f}%)"
+    return src
+
+
+def catalog_rows() -> list[dict]:
+    """One row per registered backbone; parameters counted on the meta device (no memory, no download)."""
+    from .backbone import ResNetBackbone
+
+    rows = []
+    for name in list_backbones():
+        spec = get_spec(name)
+        with torch.device("meta"):
+            n = sum(p.numel() for p in ResNetBackbone(spec, ("c5",)).parameters())
+        rows.append({"name": name, "block": spec.block_type, "params_m": n / 1e6,
+                     "channels": "/".join(map(str, spec.channels)), "strides": "/".join(map(str, STAGE_STRIDES)),
+                     "imagenet": _imagenet_label(spec)})
+    return rows

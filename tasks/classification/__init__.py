@@ -1,0 +1,1 @@
+"""Image classification and few-shot classification on registry backbones."""

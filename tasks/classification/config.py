@@ -1,0 +1,26 @@
+"""Classification settings (each field is also a ``resnet-tasks finetune`` flag)."""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+
+from ..config import TaskConfig, option
+
+# Used instead of the defaults when no --data is given (values the user set still win):
+# the generated demo images are small, so a run takes about a minute on a 2-core CPU.
+DEMO_DEFAULTS = {"img_size": 64, "epochs": 6, "batch_size": 32, "lr": 3e-3, "backbone_lr_mult": 1.0}
+
+
+@dataclass
+class ClassificationConfig(TaskConfig):
+    head: str = option("linear", "linear; prototype (cosine to class means, no training); "
+                       "imprint (cosine head initialised from class means, then trained).",
+                       ("linear", "prototype", "imprint"))
+    label_smoothing: float = option(0.1, "Label smoothing of the cross-entropy loss.")
+    nested_classes: bool = option(False, "Classes are two folder levels deep (e.g. alphabet/character).")
+    skip_bad_images: bool = option(False, "Skip unreadable images (count printed) instead of stopping.")
+    val_fraction: float = option(0.2, "Share of each class held out for validation when DATA has no val/.")
+    unfreeze_after: typing.Optional[int] = option(None, "Freeze schedule: unfreeze the whole backbone "
+                                                  "after this many epochs.")
+    cache_features: bool = option(True, "With a fully frozen backbone, compute features once and "
+                                  "train only the head on them (no augmentation).")

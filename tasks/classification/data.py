@@ -1,0 +1,145 @@
+"""Folder-per-class image data.
+
+Layout: ``DATA/train/<class>/*`` and ``DATA/val/<class>/*``; without ``val/`` (or without
+``train/``) a seeded stratified split is made. With ``nested_classes`` a class is two levels deep
+(``DATA/train/<alphabet>/<character>/*``, named ``alphabet/character``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import Dataset
+
+from resnet_backbones import Preprocessing
+
+from ..data.io import IMAGE_EXTS, DataError, check_readable, read_rgb
+from ..data.seeding import sample_seed, stratified_pick
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str
+
+
+def scan_classes(root: Path, nested: bool) -> list[Sample]:
+    """Samples under ``root`` with the class taken from the folder (or two folders when nested)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} not found")
+    depth = 2 if nested else 1
+    samples = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS or any(s.startswith(".") for s in rel.parts):
+            continue
+        if len(rel.parts) <= depth:
+            if len(rel.parts) == 1:
+                continue  # stray files next to the class folders
+            raise DataError(f"{p} lies {len(rel.parts) - 1} folder(s) deep, but classes are {depth} deep "
+                            f"({'drop' if nested else 'use'} --nested-classes)")
+        samples.append(Sample(p, "/".join(rel.parts[:depth])))
+    if not samples:
+        raise DataError(f"no images found in class folders under {root} (expected {root}/<class>/*.jpg"
+                        f"{'' if not nested else ' two levels deep'})")
+    return samples
+
+
+def drop_unreadable(samples: list[Sample], skip: bool) -> list[Sample]:
+    """Check every file's header before training, so a bad file cannot stop a run midway."""
+    bad = [s for s in samples if not check_readable(s.path)]
+    if bad and not skip:
+        names = ", ".join(str(s.path) for s in bad[:3])
+        raise DataError(f"{len(bad)} unreadable image(s): {names}{' …' if len(bad) > 3 else ''}; "
+                        "remove them or pass --skip-bad-images")
+    if bad:
+        print(f"skipped {len(bad)} unreadable image(s) (--skip-bad-images)")
+    bad_set = set(bad)
+    return [s for s in samples if s not in bad_set]
+
+
+def load_splits(root: Path, nested: bool, val_fraction: float, seed: int, skip_bad: bool
+                ) -> tuple[list[Sample], list[Sample]]:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} not found")
+    if (root / "train").is_dir():
+        train = scan_classes(root / "train", nested)
+        val = scan_classes(root / "val", nested) if (root / "val").is_dir() else None
+    else:
+        train, val = scan_classes(root, nested), None
+    train = drop_unreadable(train, skip_bad)
+    if val is None:
+        train, val = split_stratified(train, val_fraction, seed)
+    else:
+        val = drop_unreadable(val, skip_bad)
+        a, b = {s.label for s in train}, {s.label for s in val}
+        if a != b:
+            only_t, only_v = sorted(a - b)[:5], sorted(b - a)[:5]
+            raise DataError(f"train and val classes differ under {root}: only in train {only_t}, only in val "
+                            f"{only_v}; make both folders hold the same class folders")
+    return train, val
+
+
+def split_stratified(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    by_class: dict[str, int] = {}
+    for s in samples:
+        by_class[s.label] = by_class.get(s.label, 0) + 1
+    small = [c for c, n in by_class.items() if n < 2]
+    if small:
+        raise DataError(f"class(es) {small[:5]} have fewer than 2 images; cannot split off validation data")
+    n_val = max(1, round(min(by_class.values()) * val_fraction))
+    val_idx, train_idx = stratified_pick([s.label for s in samples], n_val, seed, tag="val-split")
+    return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+
+
+def train_transform(size: int, pre: Preprocessing) -> A.Compose:
+    return A.Compose([
+        A.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0)),
+        A.HorizontalFlip(),
+        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
+        A.Normalize(mean=pre.mean, std=pre.std),
+        ToTensorV2(),
+    ])
+
+
+def eval_transform(size: int, pre: Preprocessing) -> A.Compose:
+    # Resize then centre-crop in the weights' own ratio (e.g. 232 → 224 for torchvision V2).
+    resize = max(size, round(size * pre.resize_size / pre.input_size))
+    return A.Compose([A.SmallestMaxSize(max_size=resize), A.CenterCrop(size, size),
+                      A.Normalize(mean=pre.mean, std=pre.std), ToTensorV2()])
+
+
+class ImageFolderDataset(Dataset):
+    """(image tensor, class index) pairs; augmentation seeded per (seed, epoch, index)."""
+
+    def __init__(self, samples: list[Sample], classes: list[str], transform: A.Compose, seed: int = 0) -> None:
+        self.samples = samples
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({s.label for s in samples} - set(self.class_to_idx))
+        if unknown:
+            raise DataError(f"class(es) {unknown[:5]} are not among the model's classes {classes[:10]}")
+        self.transform = transform
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        s = self.samples[i]
+        self.transform.set_random_seed(sample_seed(self.seed, self.epoch, i))
+        return self.transform(image=read_rgb(s.path))["image"], self.class_to_idx[s.label]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.array([self.class_to_idx[s.label] for s in self.samples])

@@ -1,0 +1,65 @@
+"""Backbone → global average pool → classifier (linear or cosine / prototype)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CosineClassifier(nn.Module):
+    """Logits = scale · cos(feature, class weight). With weights set to class means this is the
+    prototype (nearest class mean) classifier; trained further it is weight imprinting."""
+
+    def __init__(self, in_features: int, num_classes: int, scale: float = 10.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, in_features) * 0.01)
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+
+class ImageClassifier(nn.Module):
+    """``backbone`` must output ``c5``; its channel count is read from ``feature_info``.
+
+    Example:
+        >>> from resnet_backbones import create_backbone
+        >>> m = ImageClassifier(create_backbone("resnet18", None, out_features=("c5",)), 3)
+        >>> m(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "linear") -> None:
+        super().__init__()
+        self.backbone = backbone
+        dim = backbone.feature_info[-1].channels
+        self.head = nn.Linear(dim, num_classes) if head == "linear" else CosineClassifier(dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.backbone(x)["c5"], 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A 2-D input is an already-computed feature batch (frozen-backbone feature cache).
+        return self.head(x if x.dim() == 2 else self.features(x))
+
+    @torch.no_grad()
+    def set_prototypes(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """Class-mean of L2-normalised features → cosine head weights (imprinting)."""
+        feats = F.normalize(feats.float(), dim=1)
+        w = torch.zeros_like(self.head.weight)
+        w.index_add_(0, labels.to(w.device), feats.to(w.device))
+        self.head.weight.copy_(F.normalize(w, dim=1))
+
+
+@torch.no_grad()
+def extract_features(model: ImageClassifier, loader, rt) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features and labels of a whole loader (model in eval mode)."""
+    was = model.training
+    model.eval()
+    feats, labels = [], []
+    for x, y in loader:
+        with rt.autocast():
+            feats.append(model.features(rt.to_device(x)).float().cpu())
+        labels.append(y)
+    model.train(was)
+    return torch.cat(feats), torch.cat(labels)

@@ -1,0 +1,199 @@
+"""Classification and few-shot classification: picks the parts, wires them to the engine."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from resnet_backbones import Preprocessing, create_backbone
+
+from ..base import Task
+from ..data.io import DataError, read_rgb
+from ..data.seeding import stratified_pick
+from ..engine.runtime import Runtime
+from .config import ClassificationConfig
+from .data import ImageFolderDataset, Sample, eval_transform, load_splits, scan_classes, train_transform
+from .demo import make_classification_demo
+from .model import ImageClassifier, extract_features
+from .visuals import save_confusion_matrix
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    config_cls = ClassificationConfig
+    primary_metric = "top1"
+
+    def __init__(self, cfg: ClassificationConfig, seed: int = 0, run_dir: Path | None = None) -> None:
+        super().__init__(cfg, seed, run_dir)
+        self.classes: list[str] = []
+        self.preprocessing: Preprocessing | None = None
+        self.last_details: dict[str, Any] = {}
+
+    # ---- data ------------------------------------------------------------------------------
+    def data_root(self) -> Path:
+        if self.cfg.data is not None:
+            return Path(self.cfg.data)
+        return make_classification_demo(self.run_dir / "demo_data", seed=self.seed)
+
+    def build_datasets(self):
+        train, val = load_splits(self.data_root(), self.cfg.nested_classes, self.cfg.val_fraction, self.seed,
+                                 self.cfg.skip_bad_images)
+        self.classes = sorted({s.label for s in train})
+        if self.cfg.shots is not None:
+            train = self._few_shot(train)
+        self._train_samples = train
+        pre = self._preprocessing()
+        return (ImageFolderDataset(train, self.classes, train_transform(self.cfg.img_size, pre), self.seed),
+                ImageFolderDataset(val, self.classes, eval_transform(self.cfg.img_size, pre), self.seed))
+
+    def _few_shot(self, train: list[Sample]) -> list[Sample]:
+        k = self.cfg.shots
+        if k < 1:
+            raise DataError(f"--shots must be at least 1, got {k}")
+        picked, _ = stratified_pick([s.label for s in train], k, self.seed)
+        chosen = [train[i] for i in picked]
+        short = sorted({s.label for s in train if sum(t.label == s.label for t in chosen) < k})
+        if short:
+            print(f"few-shot: {len(short)} class(es) have fewer than {k} training images and keep all they have")
+        if self.run_dir is not None:
+            subset = {c: [str(s.path) for s in chosen if s.label == c] for c in self.classes}
+            (self.run_dir / "fewshot_subset.json").write_text(json.dumps(
+                {"shots": k, "seed": self.seed, "classes": subset}, indent=1))
+        print(f"few-shot: {k} image(s) per class, {len(chosen)} in all (list in fewshot_subset.json)")
+        return chosen
+
+    def _preprocessing(self) -> Preprocessing:
+        if self.preprocessing is None:
+            from resnet_backbones.weights import preprocessing_for
+            from resnet_backbones import get_spec
+
+            self.preprocessing = preprocessing_for(get_spec(self.cfg.backbone), self.cfg.weights)
+        return self.preprocessing
+
+    # ---- model ------------------------------------------------------------------------------
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.cfg.head == "prototype" or (self.cfg.freeze_stages == 4 and self.cfg.unfreeze_after is None)
+
+    def build_model(self) -> nn.Module:
+        freeze = 4 if self.cfg.head == "prototype" else self.cfg.freeze_stages
+        if self.cfg.head == "prototype" and self.cfg.freeze_stages != 4:
+            print("head=prototype trains nothing: the backbone is used frozen")
+        bb = create_backbone(self.cfg.backbone, weights=self.cfg.weights, out_features=("c5",),
+                             freeze_stages=freeze, norm=self.cfg.norm)
+        if self.cfg.weights is not None:
+            self.preprocessing = bb.preprocessing
+        model = ImageClassifier(bb, len(self.classes), self.cfg.head)
+        if self.cfg.head == "prototype":
+            model.head.requires_grad_(False)
+        return model
+
+    def prepare_training(self, model, train_ds, val_ds, rt: Runtime):
+        if self.cfg.head in ("prototype", "imprint"):
+            plain = ImageFolderDataset(self._train_samples, self.classes, val_ds.transform, self.seed)
+            feats, labels = extract_features(model, self._loader(plain), rt)
+            model.set_prototypes(feats, labels)
+            print(f"{self.cfg.head}: head set to the class means of {len(plain)} training images")
+        if not (self.backbone_frozen and self.cfg.cache_features):
+            return model, train_ds, val_ds
+        # Frozen backbone: features never change, so compute them once (without augmentation)
+        # and train the head alone on them.
+        cached = []
+        for ds in (ImageFolderDataset(self._train_samples, self.classes, val_ds.transform, self.seed), val_ds):
+            cached.append(TensorDataset(*extract_features(model, self._loader(ds), rt)))
+        print(f"backbone frozen: cached features of {len(cached[0])} train / {len(cached[1])} val images")
+        return model.head, cached[0], cached[1]
+
+    def _loader(self, ds) -> DataLoader:
+        return DataLoader(ds, batch_size=64, shuffle=False, num_workers=0)
+
+    def on_epoch_start(self, model, epoch: int) -> None:
+        after = self.cfg.unfreeze_after
+        if after is not None and epoch >= after and model.backbone.freeze_stages != 0:
+            model.backbone.freeze(0)
+            print(f"epoch {epoch + 1}: freeze schedule unfreezes the whole backbone")
+
+    def training_step(self, model, batch) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"loss": F.cross_entropy(model(x), y, label_smoothing=self.cfg.label_smoothing)}
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model, loader, rt: Runtime) -> dict[str, float]:
+        n = len(self.classes)
+        top1 = MulticlassAccuracy(n, average="micro")
+        top5 = MulticlassAccuracy(n, top_k=5, average="micro") if n >= 5 else None
+        per_class = MulticlassAccuracy(n, average="none")
+        confusion = MulticlassConfusionMatrix(n)
+        loss_sum, count = 0.0, 0
+        for x, y in loader:
+            with rt.autocast():
+                logits = model(rt.to_device(x)).float().cpu()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            count += len(y)
+            for m in (top1, top5, per_class, confusion):
+                if m is not None:
+                    m.update(logits, y)
+        out = {"val_loss": loss_sum / max(1, count), "top1": top1.compute().item()}
+        if top5 is not None:
+            out["top5"] = top5.compute().item()
+        pc = per_class.compute()
+        present = torch.bincount(torch.as_tensor(loader.dataset.targets if hasattr(loader.dataset, "targets")
+                                                 else loader.dataset.tensors[1]), minlength=n) > 0
+        out["mean_class_acc"] = pc[present].mean().item()
+        self.last_details = {"per_class": {c: pc[i].item() for i, c in enumerate(self.classes) if present[i]},
+                             "confusion": confusion.compute().numpy()}
+        return out
+
+    def save_visuals(self, model, loader, rt, out_dir: Path, epoch: int) -> None:
+        if not self.last_details:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_confusion_matrix(self.last_details["confusion"], self.classes, out_dir / "confusion_matrix.png",
+                              title=f"epoch {epoch}")
+        with open(out_dir / "per_class_accuracy.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["class", "accuracy"])
+            w.writerows(sorted(self.last_details["per_class"].items()))
+
+    # ---- checkpoint and inference --------------------------------------------------------------
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "preprocessing": self._preprocessing().as_dict()}
+
+    def load_meta(self, meta: dict[str, Any]) -> None:
+        self.classes = list(meta["classes"])
+        self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+
+    def eval_dataset(self, data: str):
+        root = Path(data)
+        split = root / "val" if (root / "val").is_dir() else root
+        samples = scan_classes(split, self.cfg.nested_classes)
+        return ImageFolderDataset(samples, self.classes, eval_transform(self.cfg.img_size, self._preprocessing()))
+
+    @torch.no_grad()
+    def predict(self, model, inputs: list[Path], out_dir: Path, rt: Runtime) -> list[dict]:
+        tf = eval_transform(self.cfg.img_size, self._preprocessing())
+        records = []
+        k = min(5, len(self.classes))
+        for path in inputs:
+            x = tf(image=read_rgb(path))["image"][None]
+            with rt.autocast():
+                probs = model(rt.to_device(x)).float().softmax(1)[0].cpu()
+            scores, idx = probs.topk(k)
+            records.append({"file": str(path), "label": self.classes[idx[0]], "score": round(scores[0].item(), 4),
+                            "top": [[self.classes[i], round(s.item(), 4)] for s, i in zip(scores, idx)]})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
+        with open(out_dir / "predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "label", "score"])
+            w.writerows([r["file"], r["label"], r["score"]] for r in records)
+        return records

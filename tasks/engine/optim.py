@@ -1,0 +1,50 @@
+"""Fine-tuning optimiser and schedule: lower backbone LR, no decay on norms/biases, warmup + cosine."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+
+
+def param_groups(model: nn.Module, backbone_params: Iterable[nn.Parameter], cfg: TrainConfig) -> list[dict]:
+    """Four groups: (backbone | head) × (decay | no decay).
+
+    Frozen parameters are included so that a freeze schedule can unfreeze them later; the
+    optimiser skips them while their ``grad`` is None.
+    """
+    bb = {id(p) for p in backbone_params}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        decay = p.ndim > 1  # norm scales and biases are 1-D; decaying them hurts fine-tuning
+        groups.setdefault((id(p) in bb, decay), []).append(p)
+    out = []
+    for (is_bb, decay), params in sorted(groups.items()):
+        out.append({"params": params, "lr": cfg.lr * (cfg.backbone_lr_mult if is_bb else 1.0),
+                    "weight_decay": cfg.weight_decay if decay else 0.0,
+                    "name": f"{'backbone' if is_bb else 'head'}{'' if decay else '_no_decay'}"})
+    return out
+
+
+def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warmup from 1 % then cosine decay to 0 at ``total_steps``."""
+    total_steps = max(1, total_steps)
+    warmup_steps = min(max(0, warmup_steps), total_steps - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return 0.01 + 0.99 * step / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
