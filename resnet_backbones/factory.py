@@ -34,11 +34,12 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "imagenet",
     """
     spec = get_spec(name)
     validate_freeze_stages(freeze_stages)
-    state_dict, preprocessing = resolve_weights(spec, weights)
-    body = ResNetBackbone(spec, out_features, freeze_stages=0, norm=norm, preprocessing=preprocessing)
+    # Build (and so validate out_features / norm / the FPN inputs) before resolving weights: a typo
+    # must be reported as such, not as a failed download, and must not cost a download first.
+    body = ResNetBackbone(spec, out_features, freeze_stages=0, norm=norm)
+    neck = FPN(body.feature_info, fpn_channels, p6=fpn_p6) if fpn else None
+    state_dict, body.preprocessing = resolve_weights(spec, weights)
     if state_dict is not None:
         load_trunk_weights(body, state_dict, spec.name, str(weights))
     body.freeze(freeze_stages)
-    if fpn:
-        return BackboneWithFPN(body, FPN(body.feature_info, fpn_channels, p6=fpn_p6))
-    return body
+    return BackboneWithFPN(body, neck) if neck is not None else body

@@ -5,6 +5,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from .backbone import ResNetBackbone, validate_freeze_stages
+from .fpn import BackboneWithFPN
 
 
 def framework_equivalents(freeze_stages: int) -> dict[str, int]:
@@ -38,19 +39,28 @@ def freeze_table(backbone: ResNetBackbone) -> list[dict]:
     return rows
 
 
-def describe(backbone: ResNetBackbone) -> str:
-    """Printable summary: features, per-stage freezing and the other frameworks' equivalent setting."""
-    was_training = backbone.training
-    backbone.train()  # report BN modes as they are during training
-    rows = freeze_table(backbone)
-    backbone.train(was_training)
-    lines = [f"{backbone.spec.name}  norm={backbone.norm}  freeze_stages={backbone.freeze_stages}  "
-             f"weights={backbone.preprocessing.source}",
+def describe(backbone: ResNetBackbone | BackboneWithFPN) -> str:
+    """Printable summary: features, per-stage freezing and the other frameworks' equivalent setting.
+
+    Takes what :func:`create_backbone` returns, with or without ``fpn=True`` (the FPN gets a row).
+    """
+    # create_backbone(fpn=True) returns a BackboneWithFPN; describing it used to fail on `.spec`.
+    body = backbone.body if isinstance(backbone, BackboneWithFPN) else backbone
+    was_training = body.training
+    body.train()  # report BN modes as they are during training
+    rows = freeze_table(body)
+    body.train(was_training)
+    if isinstance(backbone, BackboneWithFPN):
+        params = list(backbone.fpn.parameters())
+        rows.append({"stage": "fpn", "trainable": sum(p.numel() for p in params if p.requires_grad),
+                     "frozen": sum(p.numel() for p in params if not p.requires_grad), "bn": "-"})
+    lines = [f"{body.spec.name}  norm={body.norm}  freeze_stages={body.freeze_stages}  "
+             f"weights={body.preprocessing.source}",
              "features: " + ", ".join(f"{f.name} ({f.channels} ch, stride {f.stride})" for f in backbone.feature_info),
              f"{'stage':8} {'trainable':>11} {'frozen':>11}  BatchNorm in train()"]
     for r in rows:
         lines.append(f"{r['stage']:8} {r['trainable']:>11,} {r['frozen']:>11,}  {r['bn']}")
     lines.append(f"{'total':8} {sum(r['trainable'] for r in rows):>11,} {sum(r['frozen'] for r in rows):>11,}")
     lines.append("same freezing elsewhere: " + "; ".join(
-        f"{k} = {v}" for k, v in framework_equivalents(backbone.freeze_stages).items()))
+        f"{k} = {v}" for k, v in framework_equivalents(body.freeze_stages).items()))
     return "\n".join(lines)

@@ -6,6 +6,7 @@ Every file is read with ``torch.load(weights_only=True)`` or safetensors: no pic
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,8 +152,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {str(e)[:200]}; "
-                           "expected a torch state dict (.pth/.pt) or a .safetensors file") from None
+        raise WeightsError(f"cannot read weights file {path} ({_load_failure(e)}); expected a torch state dict "
+                           "(.pth/.pt, saved with torch.save(model.state_dict(), path)) or a .safetensors file"
+                           ) from None
     while isinstance(obj, Mapping):
         nested = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if nested is None:
@@ -161,6 +163,27 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"weights file {path} holds no state dict of tensors")
     return strip_prefix(dict(obj))
+
+
+def _load_failure(e: Exception) -> str:
+    """One line on why a file did not load.
+
+    torch's weights_only message opens with advice to retry with ``weights_only=False`` (running
+    the file's pickled code) and puts the actual cause last; cutting it to a prefix kept the advice
+    and lost the cause, so report the cause only.
+    """
+    import pickle
+    import re
+
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError):
+        cause = text.split("WeightsUnpickler error:", 1)[-1].strip() if "WeightsUnpickler error:" in text else ""
+        cause = re.split(r"\.\s|\n", cause, maxsplit=1)[0][:150]
+        kind = "it pickles Python objects (a whole model saved with torch.save(model)?)" \
+            if cause.startswith("Unsupported global") else "corrupt or not a torch file"
+        return f"{kind}: {cause}" if cause else kind
+    first = re.split(r"\.\s|\n", text.strip(), maxsplit=1)[0][:200]
+    return f"{type(e).__name__}: {first}"
 
 
 def strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -172,6 +195,7 @@ def strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
+@functools.lru_cache(maxsize=None)  # ~0.2 s per variant even on meta; an error lists all variants
 def _expected_shapes(spec: BackboneSpec) -> dict[str, tuple]:
     from torchvision.models.resnet import ResNet
 
@@ -211,6 +235,7 @@ def load_trunk_weights(module: nn.Module, sd: Mapping[str, torch.Tensor], arch: 
             if items:
                 parts.append(f"{len(items)} {label} (e.g. {'; '.join(items[:3])})")
         guess = guess_architecture(full)
-        hint = f"; the file looks like {guess}, pass --backbone {guess}" if guess and guess != arch else ""
+        hint = (f"; the file looks like {guess}: pass --backbone {guess} (create_backbone({guess!r}, …))"
+                if guess and guess != arch else "")
         raise WeightsError(f"weights {source} do not fit {arch}: {', '.join(parts)}{hint}")
     module.load_state_dict(sd, strict=False)

@@ -8,6 +8,7 @@ timm or local files, offline-safe) and freezing with :meth:`SmpEncoder.freeze`.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -48,7 +49,8 @@ class SmpEncoder(nn.Module):
 
     @property
     def feature_info(self):
-        return self.backbone.feature_info
+        # After make_dilated() the deepest stages keep the output stride; report what they produce.
+        return tuple(replace(f, stride=min(f.stride, self.output_stride)) for f in self.backbone.feature_info)
 
     @property
     def preprocessing(self):
@@ -76,7 +78,10 @@ class SmpEncoder(nn.Module):
         patch_first_conv(model=self.backbone, new_in_channels=in_channels, pretrained=pretrained)
 
     def get_stages(self) -> dict[int, list[nn.Module]]:
-        return {16: [self.backbone.layer3], 32: [self.backbone.layer4]}
+        # Only stages that are built: with depth < 5 layer4 (and < 4 layer3) does not exist, and
+        # smp still calls make_dilated (e.g. DeepLabV3Plus(encoder_depth=4)).
+        built = dict(self.backbone.stages())
+        return {stride: [built[name]] for stride, name in ((16, "c4"), (32, "c5")) if name in built}
 
     def make_dilated(self, output_stride: int) -> None:
         from segmentation_models_pytorch.encoders._utils import replace_strides_with_dilation
