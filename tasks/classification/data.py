@@ -47,6 +47,9 @@ def scan_classes(root: Path, nested: bool) -> list[Sample]:
     if not samples:
         raise DataError(f"no images found in class folders under {root} (expected {root}/<class>/*.jpg"
                         f"{'' if not nested else ' two levels deep'})")
+    if not nested and all(len(s.path.relative_to(root).parts) > 2 for s in samples):
+        print(f"note: every class folder under {root} holds its images in subfolders; if those subfolders "
+              "are the classes (e.g. alphabet/character), pass --nested-classes")
     return samples
 
 
