@@ -23,8 +23,14 @@ def tiny_cls_args(tiny_cls_data, tmp_path) -> list[str]:
             "--batch-size", "8", "--epochs", "2", "--workers", "0", "--out", str(tmp_path / "run")]
 
 
-def shared_data(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"real data {path} is not present (see shared/data/README.md)")
-    return path
+@pytest.fixture
+def shared_data():
+    """``shared_data("isbi_membrane")`` → path in ../shared/data, or skip the test if it is absent."""
+
+    def get(name: str) -> Path:
+        path = SHARED_DATA / name
+        if not path.exists():
+            pytest.skip(f"real data {path} is not present (see shared/data/README.md)")
+        return path
+
+    return get

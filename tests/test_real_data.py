@@ -7,12 +7,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from tests.conftest import shared_data
 
 pytestmark = pytest.mark.slow
 
 
-def test_hymenoptera_finetune_evaluate_predict(tmp_path):
+def test_hymenoptera_finetune_evaluate_predict(tmp_path, shared_data):
     data = shared_data("hymenoptera_data")
     run = tmp_path / "run"
     r = CliRunner().invoke(cli, ["finetune", "--data", str(data), "--weights", "none", "--img-size", "64",
@@ -26,7 +25,7 @@ def test_hymenoptera_finetune_evaluate_predict(tmp_path):
     assert len(json.loads((tmp_path / "pred" / "predictions.json").read_text())) == 83
 
 
-def test_omniglot_pretrain_then_fewshot_on_unseen_alphabets(tmp_path):
+def test_omniglot_pretrain_then_fewshot_on_unseen_alphabets(tmp_path, shared_data):
     root = shared_data("omniglot")
     run = tmp_path / "run"
     r = CliRunner().invoke(cli, ["finetune", "--data", str(root / "images_background_small1"), "--nested-classes",
