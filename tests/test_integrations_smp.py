@@ -62,11 +62,23 @@ def test_shallower_encoder_depth():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
 
 
-def test_single_channel_input():
-    model = smp.Unet("rt-resnet18", encoder_weights=None, in_channels=1, classes=2).eval()
-    assert model.encoder.backbone.conv1.in_channels == 1
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_other_input_channels_and_loading_rgb_weights(in_channels, tmp_path):
+    torch.manual_seed(0)
+    rgb = torchvision.models.resnet18().state_dict()
+    path = tmp_path / "r18.pth"
+    torch.save(rgb, path)
+    model = smp.Unet("rt-resnet18", encoder_weights=None, in_channels=in_channels, classes=2).eval()
+    assert model.encoder.backbone.conv1.in_channels == in_channels
+    model.encoder.load_weights(str(path))  # the file's conv1 is RGB: adapted as smp does
+    w, w3 = model.encoder.backbone.conv1.weight, rgb["conv1.weight"]
+    if in_channels == 1:
+        assert torch.equal(w, w3.sum(1, keepdim=True))
+    else:  # RGB repeated, scaled by 3/4
+        assert torch.equal(w, torch.cat([w3, w3[:, :1]], 1) * 0.75)
+    assert torch.equal(model.encoder.backbone.layer1[0].conv1.weight, rgb["layer1.0.conv1.weight"])
     with torch.no_grad():
-        assert model(torch.randn(2, 1, 64, 64)).shape == (2, 2, 64, 64)
+        assert model(torch.randn(2, in_channels, 64, 64)).shape == (2, 2, 64, 64)
 
 
 def test_load_weights_from_a_local_file(tmp_path):

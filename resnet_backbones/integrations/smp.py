@@ -60,6 +60,10 @@ class SmpEncoder(nn.Module):
         """Load ``"imagenet"``/``"torchvision:…"``/``"timm:…"``/a file into the encoder."""
         sd, pre = resolve_weights(self.backbone.spec, weights)
         if sd is not None:
+            if self._in_channels != 3 and "conv1.weight" in sd:
+                # smp patched conv1 for in_channels != 3 at construction, before any weights existed,
+                # so a 3-channel file never fit; adapt the file's conv1 the way smp does when it loads.
+                sd = {**sd, "conv1.weight": _adapt_first_conv(sd["conv1.weight"], self._in_channels)}
             load_trunk_weights(self.backbone, sd, self.backbone.spec.name, str(weights))
         self.backbone.preprocessing = pre
         return self
@@ -95,6 +99,17 @@ class SmpEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [x, *self.backbone(x).values()]
+
+
+def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """RGB conv1 weights for ``in_channels`` inputs, as smp's ``patch_first_conv(pretrained=True)``:
+    summed for 1 channel, else RGB repeated cyclically and scaled by 3 / in_channels."""
+    if weight.shape[1] != 3:
+        return weight  # not an RGB conv1: let the loader report the shape mismatch
+    if in_channels == 1:
+        return weight.sum(1, keepdim=True)
+    idx = torch.arange(in_channels) % 3
+    return weight[:, idx] * (3 / in_channels)
 
 
 def register_smp_encoders() -> list[str]:
