@@ -129,3 +129,26 @@ def test_config_validation():
         split_values({"epochs": "many"}, TaskConfig)
     train, task = split_values({"lr": "0.5", "freeze_stages": 3}, TaskConfig)
     assert train.lr == 0.5 and task.freeze_stages == 3
+
+
+def test_sigterm_saves_a_resumable_checkpoint(tiny_cls_data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from tasks.classification.task import ClassificationTask as T
+
+    original = T.training_step
+    calls = {"n": 0}
+
+    def step(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(T, "training_step", step)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted):
+        run(tiny_cls_data, tmp_path / "r")
+    assert load_checkpoint(tmp_path / "r")["state"]["global_step"] >= 1
+    assert signal.getsignal(signal.SIGTERM) == before  # handler restored after the run

@@ -1,10 +1,13 @@
 """The one training loop. Tasks supply data, model, loss and metrics (``tasks.base.Task``)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,23 @@ class TrainingInterrupted(Exception):
     def __init__(self, checkpoint: Path) -> None:
         super().__init__(f"interrupted; checkpoint saved to {checkpoint}; continue with --resume {checkpoint.parent}")
         self.checkpoint = checkpoint
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Treat SIGTERM (cluster schedulers, ``kill``) like Ctrl-C, so it too leaves a checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def seed_everything(seed: int) -> None:
@@ -105,61 +125,62 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: str | Path | None =
     if resume is None:
         save_checkpoint(last, payload())  # usable from the first second on
     params_to_clip = [p for p in step_model.parameters()]
-    try:
-        for epoch in range(state["epoch"], cfg.epochs if train_all else 1):
-            t0 = time.perf_counter()
-            task.on_epoch_start(model, epoch)
-            if train_all:
-                sampler.set_epoch(epoch, skip=state["step_in_epoch"] * cfg.batch_size)
-                if hasattr(train_ds, "set_epoch"):
-                    train_ds.set_epoch(epoch)
-                step_model.train()
-                bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None,
-                           dynamic_ncols=True)
-                for batch in bar:
-                    batch = rt.to_device(batch)
-                    with rt.autocast():
-                        losses = task.training_step(step_model, batch)
-                    loss = sum(losses.values())
-                    if not torch.isfinite(loss):
-                        raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}, step "
-                                        f"{state['step_in_epoch'] + 1}; lower --lr or set --grad-clip")
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip > 0:
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(params_to_clip, cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    sched.step()
-                    state["step_in_epoch"] += 1
-                    state["global_step"] += 1
-                    state["loss_sum"] += loss.item()
-                    bar.set_postfix(loss=f"{state['loss_sum'] / state['step_in_epoch']:.4f}",
-                                    lr=f"{opt.param_groups[-1]['lr']:.2e}")
-            step_model.eval()
-            metrics = task.evaluate(step_model, val_loader, rt)
-            rec = {"epoch": epoch + 1}
-            if train_all:
-                rec["train_loss"] = state["loss_sum"] / max(1, state["step_in_epoch"])
-            rec.update({k: float(v) for k, v in metrics.items()})
-            rec.update({"lr": opt.param_groups[-1]["lr"], "time_s": round(time.perf_counter() - t0, 2)})
-            state["history"].append(rec)
-            write_history(run_dir, state["history"])
-            task.save_visuals(step_model, val_loader, rt, run_dir / "visuals", epoch + 1)
-            primary = metrics[task.primary_metric]
-            improved = state["best_metric"] is None or primary > state["best_metric"]
-            if improved:
-                state["best_metric"], state["best_epoch"] = float(primary), epoch + 1
-            state.update(epoch=epoch + 1, step_in_epoch=0, loss_sum=0.0)
+    with sigterm_as_interrupt():
+        try:
+            for epoch in range(state["epoch"], cfg.epochs if train_all else 1):
+                t0 = time.perf_counter()
+                task.on_epoch_start(model, epoch)
+                if train_all:
+                    sampler.set_epoch(epoch, skip=state["step_in_epoch"] * cfg.batch_size)
+                    if hasattr(train_ds, "set_epoch"):
+                        train_ds.set_epoch(epoch)
+                    step_model.train()
+                    bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None,
+                               dynamic_ncols=True)
+                    for batch in bar:
+                        batch = rt.to_device(batch)
+                        with rt.autocast():
+                            losses = task.training_step(step_model, batch)
+                        loss = sum(losses.values())
+                        if not torch.isfinite(loss):
+                            raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}, step "
+                                            f"{state['step_in_epoch'] + 1}; lower --lr or set --grad-clip")
+                        opt.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        if cfg.grad_clip > 0:
+                            scaler.unscale_(opt)
+                            torch.nn.utils.clip_grad_norm_(params_to_clip, cfg.grad_clip)
+                        scaler.step(opt)
+                        scaler.update()
+                        sched.step()
+                        state["step_in_epoch"] += 1
+                        state["global_step"] += 1
+                        state["loss_sum"] += loss.item()
+                        bar.set_postfix(loss=f"{state['loss_sum'] / state['step_in_epoch']:.4f}",
+                                        lr=f"{opt.param_groups[-1]['lr']:.2e}")
+                step_model.eval()
+                metrics = task.evaluate(step_model, val_loader, rt)
+                rec = {"epoch": epoch + 1}
+                if train_all:
+                    rec["train_loss"] = state["loss_sum"] / max(1, state["step_in_epoch"])
+                rec.update({k: float(v) for k, v in metrics.items()})
+                rec.update({"lr": opt.param_groups[-1]["lr"], "time_s": round(time.perf_counter() - t0, 2)})
+                state["history"].append(rec)
+                write_history(run_dir, state["history"])
+                task.save_visuals(step_model, val_loader, rt, run_dir / "visuals", epoch + 1)
+                primary = metrics[task.primary_metric]
+                improved = state["best_metric"] is None or primary > state["best_metric"]
+                if improved:
+                    state["best_metric"], state["best_epoch"] = float(primary), epoch + 1
+                state.update(epoch=epoch + 1, step_in_epoch=0, loss_sum=0.0)
+                save_checkpoint(last, payload())
+                if improved:
+                    save_checkpoint(best, payload())
+                shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in rec.items() if k not in ("lr",))
+                _print(f"{shown}{'  (best)' if improved else ''}")
+        except KeyboardInterrupt:
             save_checkpoint(last, payload())
-            if improved:
-                save_checkpoint(best, payload())
-            shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                              for k, v in rec.items() if k not in ("lr",))
-            _print(f"{shown}{'  (best)' if improved else ''}")
-    except KeyboardInterrupt:
-        save_checkpoint(last, payload())
-        raise TrainingInterrupted(last) from None
+            raise TrainingInterrupted(last) from None
     return {"run_dir": str(run_dir), "best_metric": state["best_metric"], "best_epoch": state["best_epoch"],
             "primary_metric": task.primary_metric, "history": state["history"]}
