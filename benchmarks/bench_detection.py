@@ -1,0 +1,189 @@
+"""Detection benchmark: our FPN Faster R-CNN vs torchvision's, and what the C4 head costs vs FPN.
+
+    .venv/bin/python benchmarks/bench_detection.py --arch resnet50 --size 320 --batch 2
+    .venv/bin/python benchmarks/bench_detection.py --arch resnet50 --size 800 --batch 4 --device cuda
+
+1. Ours vs torchvision: ``build_detector(arch, head="fpn")`` vs torchvision's
+   ``fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)`` (other depths: the same
+   ``FasterRCNN`` on ``resnet_fpn_backbone``), built with identical settings (BatchNorm, nothing
+   frozen, same sizes, anchors, RPN/RoI sampling and proposal counts). Torchvision's weights are
+   copied into ours first, so both compute the same detections (checked) and only the code
+   differs. Train step (forward + losses + backward + SGD step) and inference (eval, no_grad) are
+   timed alternately, so drifting machine load hits both alike; medians and ratio.
+2. C4 vs FPN: our two heads at their defaults (C4: RoIAlign 14×14 on C4, stage 5 per RoI; FPN:
+   7×7 per level, two FC layers), train step and inference time plus GFLOPs counted by
+   ``torch.utils.flop_counter`` (exact, independent of machine load).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from tasks.detection.heads import HEAD_DEFAULTS  # noqa: E402
+from tasks.detection.model import MAX_SIZE_RATIO, build_detector  # noqa: E402
+
+NUM_CLASSES = 21  # VOC-sized label space (20 + background)
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        text += f", {torch.cuda.get_device_name(device)}"
+    return text + f", load average {os.getloadavg()[0]:.1f} at start"
+
+
+def batch(args, device):
+    g = torch.Generator().manual_seed(0)
+    w = round(args.size * 4 / 3)
+    images = [torch.rand(3, args.size, w, generator=g, device="cpu").to(device) for _ in range(args.batch)]
+    targets = []
+    for _ in range(args.batch):
+        xy = torch.rand(4, 2, generator=g) * torch.tensor([w * 0.6, args.size * 0.6])
+        wh = (torch.rand(4, 2, generator=g) * 0.3 + 0.1) * torch.tensor([w, args.size])
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
+                        "labels": torch.randint(1, NUM_CLASSES, (4,), generator=g).to(device)})
+    return images, targets
+
+
+def torchvision_model(args, rpn_batch: int, roi_batch: int, proposals: int):
+    from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    settings = dict(num_classes=NUM_CLASSES, min_size=args.size, max_size=round(args.size * MAX_SIZE_RATIO),
+                    rpn_batch_size_per_image=rpn_batch, box_batch_size_per_image=roi_batch,
+                    rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=1000,
+                    rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=proposals)
+    if args.arch == "resnet50":
+        return fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, **settings)
+    return FasterRCNN(resnet_fpn_backbone(backbone_name=args.arch, weights=None, trainable_layers=5), **settings)
+
+
+def ours_from(tv, args, rpn_batch: int, roi_batch: int, proposals: int):
+    ours = build_detector(args.arch, None, "fpn", NUM_CLASSES, min_size=args.size, rpn_batch_size=rpn_batch,
+                          roi_batch_size=roi_batch, proposals=proposals)
+    # Same module layout except our FPN wrapper's extra level of nesting.
+    state = {k.replace("backbone.fpn.", "backbone.fpn.fpn.", 1): v for k, v in tv.state_dict().items()}
+    ours.load_state_dict(state)
+    return ours
+
+
+def step_fns(model, images, targets, device):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def train():
+        model.train()
+        loss = sum(model(images, targets).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(images)
+        sync()
+
+    return train, infer
+
+
+def timed_alternately(fns: dict, warmup: int, iters: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def gflops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops() / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--size", type=int, default=320, help="min side (max side = 4/3 of it here)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip", choices=("torchvision", "c4"), action="append", default=[])
+    args = p.parse_args()
+    device = torch.device(args.device)
+    print(f"# {machine(device)}")
+    print(f"# {args.arch}, {args.batch} image(s) of {args.size}×{round(args.size * 4 / 3)}, "
+          f"{NUM_CLASSES} classes, median of {args.iters} after {args.warmup} warm-up")
+    images, targets = batch(args, device)
+    fpn_d = HEAD_DEFAULTS["fpn"]
+
+    if "torchvision" not in args.skip:
+        torch.manual_seed(0)
+        tv = torchvision_model(args, 64, fpn_d["roi_batch_size"], fpn_d["proposals"]).to(device)
+        ours = ours_from(tv, args, 64, fpn_d["roi_batch_size"], fpn_d["proposals"]).to(device)
+        tv.eval(), ours.eval()
+        with torch.no_grad():
+            a, b = tv(images)[0], ours(images)[0]
+        same = a["boxes"].shape == b["boxes"].shape and torch.allclose(a["boxes"], b["boxes"], atol=1e-3)
+        print(f"\nours vs torchvision FPN (same weights → same detections: {same})")
+        fns = {}
+        for name, model in (("ours", ours), ("torchvision", tv)):
+            train, infer = step_fns(model, images, targets, device)
+            fns[f"{name} train"], fns[f"{name} infer"] = train, infer
+        t = timed_alternately(fns, args.warmup, args.iters)
+        print(f"{'':12} {'ours (s)':>10} {'torchvision (s)':>16} {'ours/tv':>8}")
+        for kind in ("train", "infer"):
+            o, r = t[f"ours {kind}"], t[f"torchvision {kind}"]
+            print(f"{kind + ' step':12} {o:10.3f} {r:16.3f} {o / r:8.2f}")
+        del tv, ours, fns
+
+    if "c4" not in args.skip:
+        print("\nC4 vs FPN (our heads at their defaults: "
+              + "; ".join(f"{h}: RoIAlign {d['roi_pool_size']}, {d['roi_batch_size']} RoIs/img in training, "
+                          f"{d['proposals']} proposals at inference" for h, d in HEAD_DEFAULTS.items()) + ")")
+        fns, flops = {}, {}
+        for head in ("fpn", "c4"):
+            torch.manual_seed(0)
+            model = build_detector(args.arch, None, head, NUM_CLASSES, min_size=args.size).to(device)
+            train, infer = step_fns(model, images, targets, device)
+            fns[f"{head} train"], fns[f"{head} infer"] = train, infer
+            model.train()
+            flops[f"{head} train"] = gflops(lambda: sum(model(images, targets).values()).backward())
+            model.eval()
+            with torch.no_grad():
+                flops[f"{head} infer"] = gflops(lambda: model(images))
+        t = timed_alternately(fns, args.warmup, args.iters)
+        print(f"{'':12} {'FPN (s)':>9} {'C4 (s)':>9} {'C4/FPN':>7} {'FPN GFLOP':>10} {'C4 GFLOP':>10}")
+        for kind in ("train", "infer"):
+            f, c = t[f"fpn {kind}"], t[f"c4 {kind}"]
+            print(f"{kind + ' step':12} {f:9.3f} {c:9.3f} {c / f:7.2f} {flops[f'fpn {kind}']:10.1f} "
+                  f"{flops[f'c4 {kind}']:10.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""COCO box metrics with pycocotools (the reference implementation, not a re-implementation)."""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import torch
+
+# COCOeval.stats order for iouType="bbox".
+METRIC_NAMES = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+
+
+def to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_id_of: dict[int, int]) -> list[dict]:
+    """One image's ``{"boxes" xyxy, "labels", "scores"}`` → COCO results (``bbox`` = [x, y, w, h])."""
+    boxes = output["boxes"].detach().float().cpu()
+    boxes[:, 2:] -= boxes[:, :2]
+    return [{"image_id": image_id, "category_id": category_id_of[int(lab)],
+             "bbox": [round(float(v), 2) for v in box], "score": round(float(s), 4)}
+            for box, lab, s in zip(boxes, output["labels"].tolist(), output["scores"].tolist())]
+
+
+def coco_box_metrics(gt: dict[str, Any], results: list[dict]) -> dict[str, float]:
+    """mAP@[.5:.95], AP50, AP75 and AP small/medium/large of ``results`` on ``gt`` (COCO dicts).
+
+    pycocotools reports -1 for an area range without ground truth; that value is kept.
+    No detections at all gives 0.0 everywhere (pycocotools cannot load an empty result list).
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return dict.fromkeys(METRIC_NAMES, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
