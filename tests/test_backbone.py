@@ -72,19 +72,38 @@ def test_unknown_backbone_lists_choices():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_features_gradients_and_freezing(arch):
-    """One build per variant (building dominates the cost): shapes vs feature_info, no NaN,
-    gradients reach every trainable parameter, and freeze_stages N freezes conv1/bn1 + layer1…N."""
+def test_registry_backbone(arch):
+    """Every variant, one build (building dominates the cost), in four parts:
+    1. eval: every stage equals torchvision's forward bit for bit, with the same weights;
+    2. train: shapes match feature_info, highest resolution first, no NaN;
+    3. gradients reach every trainable parameter and no frozen one;
+    4. freeze_stages N freezes exactly conv1/bn1 + layer1…N (derived from module names)."""
     torch.manual_seed(0)
-    bb = create_backbone(arch, weights=None, out_features=NAMES, freeze_stages=1).train()
+    bb = randomize_bn(create_backbone(arch, weights=None, out_features=NAMES, freeze_stages=1))
+
+    # 1. torchvision parity (eval mode, same weights)
+    with torch.device("meta"):  # skip torchvision's random init: every trunk tensor is overwritten
+        tv = torchvision.models.get_model(arch, weights=None)
+    tv = tv.to_empty(device="cpu").eval()
+    missing, unexpected = tv.load_state_dict(bb.state_dict(), strict=False)
+    # our module layout is torchvision's, key for key; only the (unused) classifier differs
+    assert (sorted(missing), unexpected) == (["fc.bias", "fc.weight"], [])
+    ref = create_feature_extractor(tv, {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours, theirs = bb.eval()(x), ref(x)
+    for name in ("c2", "c3", "c4", "c5"):
+        assert torch.equal(ours[name], theirs[name]), f"{name} differs from torchvision"
+
+    # 2. shapes and metadata (train mode)
     assert [(f.name, f.channels, f.stride) for f in bb.feature_info] == list(zip(NAMES, CHANNELS[arch], STRIDES))
-    out = bb(torch.randn(2, 3, 64, 64))
+    out = bb.train()(torch.randn(2, 3, 64, 64))
     assert list(out) == list(NAMES)  # highest resolution first
     for f in bb.feature_info:
         assert out[f.name].shape == (2, f.channels, 64 // f.stride, 64 // f.stride), f.name
         assert torch.isfinite(out[f.name]).all(), f.name
 
-    # squares, not a plain sum: a sum through train-mode BN is constant and gives zero gradients
+    # 3. gradients; squares, not a plain sum: a sum through train-mode BN is constant (zero gradients)
     sum(f.pow(2).mean() for f in out.values()).backward()
     for name, p in bb.named_parameters():
         if p.requires_grad:
@@ -93,6 +112,7 @@ def test_features_gradients_and_freezing(arch):
             assert p.grad is None, name
     assert all(p.grad.abs().sum() > 0 for n, p in bb.named_parameters() if n.startswith("layer4.") and n.endswith("weight"))
 
+    # 4. freezing convention
     names = [n for n, _ in bb.named_parameters()]
     for n in range(5):
         bb.freeze(n)
@@ -115,25 +135,6 @@ def test_out_features_are_returned_high_resolution_first_whatever_the_order_aske
     assert [f.name for f in bb.feature_info] == ["c2", "c4"]
     with torch.no_grad():
         assert list(bb.eval()(torch.randn(1, 3, 32, 32))) == ["c2", "c4"]
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_same_output_as_torchvision_to_layer4(arch):
-    """Same weights, eval mode: every stage equals torchvision's bit for bit on CPU."""
-    torch.manual_seed(0)
-    bb = randomize_bn(create_backbone(arch, weights=None)).eval()
-    with torch.device("meta"):  # skip torchvision's random init: every trunk tensor is overwritten
-        tv = torchvision.models.get_model(arch, weights=None)
-    tv = tv.to_empty(device="cpu").eval()
-    missing, unexpected = tv.load_state_dict(bb.state_dict(), strict=False)
-    # our module layout is torchvision's, key for key; only the (unused) classifier differs
-    assert (sorted(missing), unexpected) == (["fc.bias", "fc.weight"], [])
-    ref = create_feature_extractor(tv, {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"})
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        ours, theirs = bb(x), ref(x)
-    for name in ("c2", "c3", "c4", "c5"):
-        assert torch.equal(ours[name], theirs[name]), name
 
 
 @pytest.mark.parametrize("arch", sorted(TRAINABLE))
