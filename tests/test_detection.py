@@ -16,9 +16,10 @@ from tasks.detection.config import DetectionConfig
 from tasks.detection.convert import masks_to_coco
 from tasks.detection.demo import write_demo
 from tasks.detection.heads.predictor import BoxPredictor, transfer_rows
-from tasks.detection.metrics import coco_box_metrics
+from tasks.detection.metrics import coco_box_metrics, to_coco_results
 from tasks.detection.model import build_detector
 from tasks.detection.task import DetectionTask
+from tasks.detection.visualize import PALETTE
 from tasks.detection.transforms import train_transform
 from tasks.engine.runtime import Runtime
 
@@ -76,6 +77,17 @@ def test_heads_train_step_and_inference(head, backbone):
         assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
         assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
         assert set(o["labels"].tolist()) <= {1, 2}
+
+
+@pytest.mark.parametrize("head", ["fpn", "c4"])
+def test_boxes_stay_float32_under_bfloat16_autocast(head):
+    # torchvision decodes boxes in the deltas' dtype; bf16 would snap coordinates to a coarse grid.
+    torch.manual_seed(0)
+    model = build_detector("resnet18", None, head, num_classes=3, **TINY).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(tiny_batch()[0])
+    assert out[0]["boxes"].dtype == out[0]["scores"].dtype == torch.float32
+    assert (out[0]["boxes"] != out[0]["boxes"].round()).any()  # not snapped to integers or coarser
 
 
 @pytest.mark.parametrize("backbone,c4,c5", [("resnet18", 256, 512), ("resnet50", 1024, 2048)])
@@ -367,6 +379,13 @@ def gt_dict():
     return {"images": images, "annotations": anns, "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
 
 
+def test_to_coco_results_leaves_the_output_unchanged():
+    out = {"boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0]]), "labels": torch.tensor([2]), "scores": torch.tensor([0.9])}
+    res = to_coco_results(out, image_id=5, category_id_of={1: 3, 2: 7})
+    assert res == [{"image_id": 5, "category_id": 7, "bbox": [10.0, 20.0, 20.0, 40.0], "score": 0.9}]
+    assert out["boxes"].tolist() == [[10.0, 20.0, 30.0, 60.0]]
+
+
 def test_perfect_predictions_score_ap_one():
     gt = gt_dict()
     perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
@@ -409,6 +428,9 @@ def test_task_evaluate_maps_labels_back_to_category_ids(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=task.collate_fn())
     m = task.evaluate(GroundTruthModel(ds), loader, Runtime.create("cpu"))
     assert m["ap50"] == pytest.approx(1.0) and m["map"] == pytest.approx(1.0)
+    task.save_visuals(None, loader, Runtime.create("cpu"), tmp_path / "vis", epoch=1)
+    drawn = np.asarray(Image.open(tmp_path / "vis" / "val_b.png"))
+    assert tuple(drawn[30, 39]) == PALETTE[1]  # right edge of the cat box [20, 20, 40, 40], label 1
 
 
 # ---- few-shot (TFA) ---------------------------------------------------------------------------

@@ -150,3 +150,15 @@ def test_demo_learns_from_random_init(head, tmp_path):
     assert result.exit_code == 0, result.output
     best = torch.load(tmp_path / "demo" / "best.pt", weights_only=True)["state"]["best_metric"]
     assert best > 0.3, f"demo AP50 {best:.3f}"
+
+
+@pytest.mark.parametrize("preset", sorted(Path(__file__).resolve().parents[1].glob("configs/detection*.yaml")),
+                         ids=lambda p: p.name)
+def test_presets_are_valid_detection_configs(preset):
+    from tasks.config import load_yaml, split_values
+    from tasks.detection.config import DetectionConfig
+
+    values = load_yaml(preset)
+    assert values.pop("task") == "detection"
+    train, cfg = split_values(values, DetectionConfig)
+    assert cfg.head in ("fpn", "c4") and list(cfg.anchor_sizes) == [32, 64, 128, 256, 512]

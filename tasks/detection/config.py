@@ -22,6 +22,12 @@ class DetectionConfig(TaskConfig):
     samples and keeps fewer RoIs than the FPN head's small MLP.
     """
 
+    # Detection fine-tuning defaults of torchvision and detectron2 (frozen BN, stem + layer1 frozen);
+    # the demo trains from random init, so it uses BatchNorm and trains everything (DEMO_DEFAULTS).
+    norm: str = option("frozen_bn", "Backbone normalisation (frozen_bn suits the small detection batches).",
+                       ("bn", "frozen_bn"))
+    freeze_stages: int = option(1, "0 = train all; N = freeze stem + layer1…N (C4: of the trunk; 4 also "
+                                   "freezes stage 5 in the box head).")
     img_size: int = option(800, "Min side images are resized to inside the model, max side ≤ 5/3 of it "
                                 "(torchvision/detectron2 use 800; 512 is much faster on a CPU).")
     head: str = option("fpn", "Box head: fpn (P2–P6 FPN, MLP box head) or c4 (RPN on C4, stage 5 as box head).",

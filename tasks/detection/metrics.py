@@ -14,7 +14,7 @@ METRIC_NAMES = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 def to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_id_of: dict[int, int]) -> list[dict]:
     """One image's ``{"boxes" xyxy, "labels", "scores"}`` → COCO results (``bbox`` = [x, y, w, h])."""
     boxes = output["boxes"].detach().float().cpu()
-    boxes[:, 2:] -= boxes[:, :2]
+    boxes = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # not in place: callers keep xyxy
     return [{"image_id": image_id, "category_id": category_id_of[int(lab)],
              "bbox": [round(float(v), 2) for v in box], "score": round(float(s), 4)}
             for box, lab, s in zip(boxes, output["labels"].tolist(), output["scores"].tolist())]

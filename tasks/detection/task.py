@@ -17,6 +17,7 @@ from ..engine.runtime import Runtime
 from .coco import CocoDetection, CocoSplit, collate, holdout, load_coco, resolve_layout, sample_shots, to_tensor
 from .config import DetectionConfig
 from .demo import write_demo
+from .heads import HEAD_DEFAULTS
 from .heads.predictor import transfer_rows
 from .metrics import coco_box_metrics, to_coco_results
 from .model import MAX_SIZE_RATIO, Detector, build_detector
@@ -106,6 +107,9 @@ class DetectionTask(Task):
         init = self._init_checkpoint() if cfg.init_from else None
         if init is not None and self.preprocessing is None:
             self.preprocessing = Preprocessing.from_dict(init["task_meta"]["preprocessing"])
+        if cfg.norm == "frozen_bn" and cfg.weights is None and init is None and self.preprocessing is None:
+            print("warning: --norm frozen_bn with random initialisation leaves the backbone without "
+                  "normalisation; use --norm bn when training from scratch")
         model = build_detector(
             cfg.backbone, None if init is not None else cfg.weights, cfg.head, len(self.categories) + 1,
             min_size=cfg.img_size, freeze_stages=cfg.freeze_stages, norm=cfg.norm, anchor_sizes=cfg.anchor_sizes,
@@ -128,9 +132,8 @@ class DetectionTask(Task):
         if ckpt["task"] != self.name:
             raise UserError(f"--init-from {ckpt['path']} is a {ckpt['task']} checkpoint; a detection one is needed "
                             "(for backbone weights use --weights)")
-        src = ckpt["task_config"]
-        diff = [f"--{k.replace('_', '-')} {_flag_value(src.get(k))}" for k in ARCH_KEYS
-                if _flag_value(src.get(k)) != _flag_value(getattr(self.cfg, k))]
+        src, own = _arch(ckpt["task_config"]), _arch(dataclasses.asdict(self.cfg))
+        diff = [f"--{k.replace('_', '-')} {v}" for k, v in src.items() if own.get(k) != v]
         if diff:
             raise UserError(f"--init-from {ckpt['path']} was trained with {' '.join(diff)}; pass the same")
         return ckpt
@@ -249,5 +252,13 @@ def _to_cpu(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(), "labels": out["labels"].cpu()}
 
 
-def _flag_value(v) -> str:
-    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+def _arch(cfg: dict[str, Any]) -> dict[str, str]:
+    """The settings that shape the weights, as flag values (``None`` → the head's default)."""
+    defaults = HEAD_DEFAULTS.get(cfg["head"], {})
+    out = {}
+    for k in ARCH_KEYS:
+        v = cfg.get(k) if cfg.get(k) is not None else defaults.get(k)
+        out[k] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    if cfg["head"] != "fpn":  # the FPN's widths do not exist in a C4 model
+        out.pop("fpn_channels"), out.pop("box_head_dim")
+    return out

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from resnet_backbones.weights import Preprocessing
@@ -29,6 +31,18 @@ class HeadParts:
 
 
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+class FP32RPNHead(RPNHead):
+    """torchvision's RPN head with float32 outputs under autocast.
+
+    torchvision decodes boxes in the dtype of the predicted deltas: in bfloat16, coordinates near
+    800 px would snap to steps of 4 px. The convolution keeps running in reduced precision.
+    """
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
 # The C4 box head runs stage 5 on every RoI, so it samples and keeps fewer RoIs than the FPN MLP.
 # RoIAlign sizes are torchvision's (FPN) and detectron2's (C4, halved to 7×7 by stage 5's stride).
 HEAD_DEFAULTS: dict[str, dict[str, int]] = {

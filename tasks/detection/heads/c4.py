@@ -6,13 +6,12 @@ from typing import Sequence
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from resnet_backbones import create_backbone
 from resnet_backbones.features import by_name
 
-from . import ASPECT_RATIOS, HeadParts
+from . import ASPECT_RATIOS, FP32RPNHead, HeadParts
 
 class Res5BoxHead(nn.Module):
     """Pooled C4 RoIs ``(N, C4, 14, 14)`` → the backbone's stage 5 → global average → ``(N, C5)``.
@@ -53,7 +52,7 @@ def c4_parts(backbone: str, weights: str | None, freeze_stages: int, norm: str, 
     return HeadParts(
         backbone=trunk,
         anchor_generator=anchors,
-        rpn_head=RPNHead(info["c4"].channels, anchors.num_anchors_per_location()[0]),
+        rpn_head=FP32RPNHead(info["c4"].channels, anchors.num_anchors_per_location()[0]),
         roi_pool=MultiScaleRoIAlign(["c4"], output_size=roi_pool_size, sampling_ratio=0),
         box_head=box_head,
         box_dim=box_head.out_channels,

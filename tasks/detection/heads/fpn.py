@@ -5,12 +5,11 @@ from typing import Sequence
 
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
-from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from resnet_backbones import UserError, create_backbone
 
-from . import ASPECT_RATIOS, HeadParts
+from . import ASPECT_RATIOS, FP32RPNHead, HeadParts
 
 
 def fpn_parts(backbone: str, weights: str | None, freeze_stages: int, norm: str, anchor_sizes: Sequence[int],
@@ -32,7 +31,7 @@ def fpn_parts(backbone: str, weights: str | None, freeze_stages: int, norm: str,
     return HeadParts(
         backbone=net,
         anchor_generator=anchors,
-        rpn_head=RPNHead(net.out_channels, anchors.num_anchors_per_location()[0]),
+        rpn_head=FP32RPNHead(net.out_channels, anchors.num_anchors_per_location()[0]),
         # P6 only serves the RPN (as in the FPN paper): RoIs are pooled from P2…P5.
         roi_pool=MultiScaleRoIAlign([n for n in levels if n != "p6"], output_size=roi_pool_size, sampling_ratio=2),
         box_head=TwoMLPHead(net.out_channels * roi_pool_size ** 2, box_head_dim),

@@ -15,6 +15,8 @@ from torch import nn
 class BoxPredictor(nn.Module):
     """Box features ``(N, in_dim)`` → class logits ``(N, num_classes)`` and deltas ``(N, 4 · num_classes)``.
 
+    Outputs are float32 under autocast: torchvision decodes boxes in the deltas' dtype.
+
     Args:
         in_dim: box head output size.
         num_classes: including the background (index 0).
@@ -51,7 +53,7 @@ class BoxPredictor(nn.Module):
             scores = self.cls_score(x)
         else:
             scores = self.cosine_scale * F.linear(F.normalize(x, dim=1), F.normalize(self.cls_score.weight, dim=1))
-        return scores, self.bbox_pred(x)
+        return scores.float(), self.bbox_pred(x).float()
 
 
 def transfer_rows(predictor: BoxPredictor, state: Mapping[str, torch.Tensor], src_names: Sequence[str],
