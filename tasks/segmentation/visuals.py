@@ -1,0 +1,87 @@
+"""Colour palettes, overlays and side-by-side panels (image | truth | prediction) as PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def palette(n: int = 256) -> np.ndarray:
+    """``(n, 3)`` uint8 colours, the PASCAL VOC map (0 black, 1 dark red, 2 green…)."""
+    out = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out[i] = (r, g, b)
+    return out
+
+
+PALETTE = palette()
+IGNORE_COLOUR = np.array([255, 255, 255], dtype=np.uint8)
+
+
+def colourize(mask: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
+    """HxW class indices → HxWx3 colours (ignored pixels white)."""
+    out = PALETTE[np.clip(mask, 0, 255) % 256]
+    if ignore_index is not None:
+        out[mask == ignore_index] = IGNORE_COLOUR
+    return out
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, ignore_index: int | None = None
+            ) -> np.ndarray:
+    """Blend the colourised mask over an HxWx3 uint8 image; ignored pixels keep the image."""
+    colours = colourize(mask, ignore_index).astype(np.float32)
+    out = image.astype(np.float32) * (1 - alpha) + colours * alpha
+    if ignore_index is not None:
+        out[mask == ignore_index] = image[mask == ignore_index]
+    return out.round().astype(np.uint8)
+
+
+def save_index_mask(mask: np.ndarray, path: Path) -> None:
+    """A palette PNG: pixel values are the class indices, viewers show the palette colours.
+
+    More than 256 classes do not fit a palette: those masks are 16-bit grayscale PNGs.
+    """
+    if mask.max(initial=0) > 255:
+        Image.fromarray(mask.astype(np.uint16)).save(path)
+        return
+    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    im.putpalette(PALETTE.flatten().tolist())
+    im.save(path)
+
+
+def save_panels(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path,
+                ignore_index: int | None = None, gap: int = 4, min_height: int = 128) -> None:
+    """One PNG, a row per sample: image | truth overlay | prediction overlay, with column titles.
+
+    Small images are enlarged (nearest neighbour, whole factors) to at least ``min_height``.
+    """
+    scale = max(1, min_height // max(img.shape[0] for img, _, _ in rows))
+    panels = []
+    for img, truth, pred in rows:
+        row = (img, overlay(img, truth, ignore_index=ignore_index), overlay(img, pred))
+        panels.append([np.kron(p, np.ones((scale, scale, 1), np.uint8)) for p in row])
+    title_h = 14
+    col_w = max(p[0].shape[1] for p in panels)
+    h = sum(p[0].shape[0] for p in panels) + gap * (len(panels) - 1) + title_h
+    canvas = np.full((h, 3 * col_w + 2 * gap, 3), 255, dtype=np.uint8)
+    y = title_h
+    for row in panels:
+        ih, iw = row[0].shape[:2]
+        for k, p in enumerate(row):
+            x = k * (col_w + gap)
+            canvas[y:y + ih, x:x + iw] = p
+        y += ih + gap
+    im = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(im)
+    for k, title in enumerate(("image", "truth", "prediction")):
+        draw.text((k * (col_w + gap) + 2, 1), title, fill=(0, 0, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
