@@ -8,6 +8,18 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny test tensors gain nothing from intra-op threads, and on a busy 2-core machine the
+    threads' barriers made small forward passes 10–40× slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_cls_data(tmp_path_factory) -> Path:
     """Folder-per-class data: 4 shape classes, 6 train + 3 val images each, 32 px."""
