@@ -86,10 +86,12 @@ def test_unet_without_full_res_skip_and_frozen_bn():
 def test_sliding_window_matches_shape_and_averages_probabilities():
     torch.manual_seed(0)
     model = build_segmentation_model("resnet18", 3).eval()
-    x = torch.randn(1, 3, 100, 150)
-    probs = sliding_window(model, x, 3, tile=64, overlap=0.5)
-    assert probs.shape == (1, 3, 100, 150)
-    assert torch.allclose(probs.sum(1), torch.ones(1, 100, 150), atol=1e-5)
+    x = torch.randn(1, 3, 60, 90)
+    probs = sliding_window(model, x, 3, tile=48, overlap=0.5)
+    assert probs.shape == (1, 3, 60, 90)
+    assert torch.allclose(probs.sum(1), torch.ones(1, 60, 90), atol=1e-5)
+    # the top-left corner is covered by one tile only: exactly that tile's prediction
+    assert torch.allclose(probs[..., :12, :24], model(x[..., :48, :48]).softmax(1)[..., :12, :24], atol=1e-5)
     # a tile covering the whole image is exactly one pass
     assert torch.allclose(sliding_window(model, x, 3, tile=512, overlap=0.5), model(x).softmax(1), atol=1e-6)
 
@@ -381,6 +383,7 @@ def test_restored_task_predicts_any_size_with_tiles(tmp_path):
     assert [Path(r["mask"]).name for r in rec] == ["big.png", "big_1.png"]  # same stem twice: no overwrite
     assert np.asarray(Image.open(rec[0]["mask"])).shape == (50, 71)
     assert abs(sum(rec[0]["class_fraction"].values()) - 1) < 1e-3
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text()) == rec
 
 
 def test_checkpoint_meta_is_plain_data(tmp_path):
@@ -414,11 +417,12 @@ def test_isbi_membrane_end_to_end(tmp_path, shared_data):
     data = shared_data("isbi_membrane")
     run = tmp_path / "run"
     r = cli_run("finetune", "--config", Path(__file__).parents[1] / "configs" / "isbi.yaml", "--data", data,
-                "--weights", "none", "--epochs", 3, "--img-size", 128, "--out", run)
+                "--weights", "none", "--epochs", 5, "--img-size", 128, "--out", run)
     assert r.exit_code == 0, r.output
     assert "binary" in r.output and "holding out 6 of 30" in r.output
     hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert hist[-1]["pixel_acc"] > 0.78  # above always predicting "cell" (78 % of pixels)
+    # membrane is 22 % of pixels: all-membrane scores IoU 0.22, all-cell 0, a coin flip about 0.18
+    assert max(h["iou/membrane"] for h in hist) > 0.4
     pr = cli_run("predict", "--checkpoint", run, data / "test" / "0.png", "--out", tmp_path / "pred")
     assert pr.exit_code == 0, pr.output
     assert np.asarray(Image.open(tmp_path / "pred" / "masks" / "0.png")).shape == (512, 512)

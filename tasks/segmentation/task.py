@@ -1,6 +1,7 @@
 """``--task segmentation``: pick the parts (data, U-Net on the backbone, loss, metrics), wire them."""
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,8 @@ class SegmentationTask(Task):
         return SegmentationDataset(pairs, eval_transform(self.mean, self.std), self.labels)
 
     def predict(self, model: nn.Module, inputs: list[Path], out_dir: Path, rt: Runtime) -> list[dict]:
-        """Write ``masks/<stem>.png`` (palette PNG of class indices) and ``overlays/<stem>.png``."""
+        """Write ``masks/<stem>.png`` (palette PNG of class indices), ``overlays/<stem>.png`` and
+        ``predictions.json`` (per image: files and the share of pixels per class)."""
         out_dir = Path(out_dir)
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
         (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
@@ -212,6 +214,7 @@ class SegmentationTask(Task):
             records.append({"image": str(path), "mask": str(mask_path), "overlay": str(overlay_path),
                             "class_fraction": {n: round(float(f), 4) for n, f in zip(self.class_names, share)
                                                if f > 0}})
+        (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
         return records
 
 
