@@ -174,12 +174,15 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 @click.option("--episodes", type=int, default=600, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--nested-classes/--flat-classes", default=None, help="Default: as in training.")
+@click.option("--include-seen", is_flag=True, help="Keep classes whose names the checkpoint was trained on.")
 @device_option
-def fewshot_eval(checkpoint, data, ways, shots, queries, episodes, seed, nested_classes, device) -> None:
-    """N-way K-shot episodes with a prototype classifier on the checkpoint's features."""
+def fewshot_eval(checkpoint, data, ways, shots, queries, episodes, seed, nested_classes, include_seen,
+                 device) -> None:
+    """N-way K-shot episodes (classes unseen in training) with a prototype classifier on the checkpoint's features."""
     from tasks import runner
 
-    r = runner.fewshot_eval(checkpoint, data, ways, shots, queries, episodes, seed, device, nested_classes)
+    r = runner.fewshot_eval(checkpoint, data, ways, shots, queries, episodes, seed, device, nested_classes,
+                            include_seen)
     click.echo(f"{r['ways']}-way {r['shots']}-shot, {r['queries']} queries, {r['episodes']} episodes over "
                f"{r['classes']} classes: accuracy {100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f}% (95% CI)")
 

@@ -150,8 +150,14 @@ def predict(checkpoint: str, inputs: list[str], out: str, device: str = "auto") 
 
 
 def fewshot_eval(checkpoint: str, data: str, ways: int, shots: int, queries: int, episodes: int,
-                 seed: int, device: str = "auto", nested_classes: bool | None = None) -> dict[str, Any]:
-    """Episodes on classes of ``data`` with the checkpoint's backbone (features computed once)."""
+                 seed: int, device: str = "auto", nested_classes: bool | None = None,
+                 include_seen: bool = False) -> dict[str, Any]:
+    """Episodes on classes of ``data`` with the checkpoint's backbone (features computed once).
+
+    Classes whose names the checkpoint was trained on are left out unless ``include_seen``:
+    few-shot accuracy is meant for novel classes (e.g. Omniglot's two "background" subsets share
+    the Greek and Latin alphabets file for file).
+    """
     from .classification.data import ImageFolderDataset, eval_transform, scan_classes
     from .classification.episodes import run_episodes
     from .classification.model import extract_features
@@ -162,9 +168,14 @@ def fewshot_eval(checkpoint: str, data: str, ways: int, shots: int, queries: int
     nested = task.cfg.nested_classes if nested_classes is None else nested_classes
     samples = scan_classes(Path(data), nested)
     classes = sorted({s.label for s in samples})
-    seen = sorted(set(classes) & set(task.classes))
-    if seen:
-        print(f"note: {len(seen)} class name(s) of {data} were seen in training (e.g. {seen[:3]})")
+    seen = set(classes) & set(task.classes)
+    if seen and not include_seen:
+        samples = [s for s in samples if s.label not in seen]
+        classes = sorted(set(classes) - seen)
+        print(f"left out {len(seen)} class(es) of {data} that the model was trained on (e.g. "
+              f"{sorted(seen)[:2]}); --include-seen keeps them")
+    if not classes:
+        raise DataError(f"every class of {data} was seen in training; pass --include-seen to use them anyway")
     ds = ImageFolderDataset(samples, classes, eval_transform(task.cfg.img_size, task.preprocessing))
     loader = DataLoader(ds, batch_size=64, num_workers=0)
     feats, labels = extract_features(model, loader, rt)

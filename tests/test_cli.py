@@ -88,13 +88,17 @@ def test_fewshot_finetune_and_episodic_eval(tiny_cls_data, tmp_path):
     subset = json.loads((tmp_path / "run" / "fewshot_subset.json").read_text())
     assert subset["shots"] == 2 and all(len(v) == 2 for v in subset["classes"].values())
     a = invoke("fewshot-eval", "--checkpoint", str(tmp_path / "run"), "--data", str(tiny_cls_data / "train"),
-               "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "10", "--seed", "3")
+               "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "10", "--seed", "3", "--include-seen")
     b = invoke("fewshot-eval", "--checkpoint", str(tmp_path / "run"), "--data", str(tiny_cls_data / "train"),
-               "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "10", "--seed", "3")
+               "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "10", "--seed", "3", "--include-seen")
     assert a.exit_code == 0 and a.output == b.output
     assert "3-way 1-shot" in a.output and "95% CI" in a.output
+    # The tiny set's classes were all seen in training: left out unless asked for.
+    assert "over 4 classes" in a.output
+    unseen_only = invoke("fewshot-eval", "--checkpoint", str(tmp_path / "run"), "--data", str(tiny_cls_data / "train"))
+    assert_user_error(unseen_only, "every class", "--include-seen")
     assert_user_error(invoke("fewshot-eval", "--checkpoint", str(tmp_path / "run"), "--data",
-                             str(tiny_cls_data / "train"), "--ways", "9"), "lower --ways")
+                             str(tiny_cls_data / "train"), "--ways", "9", "--include-seen"), "lower --ways")
 
 
 def test_bad_inputs_exit_2_with_one_line(tiny_cls_args, tiny_cls_data, tmp_path):
