@@ -22,7 +22,8 @@ class SegmentationConfig(TaskConfig):
 
     img_size: int = option(256, "Training crop side (images are padded, never resized, to fit; crops never "
                                 "exceed the smallest training image). Evaluation and prediction use full images.")
-    head: str = option("unet", "Decoder on the backbone (segmentation_models_pytorch).", HEADS)
+    head: str = option("unet", "unet (default), fpn or deeplabv3plus: smp's decoder on the backbone's "
+                               "multi-scale features.", HEADS)
     num_classes: typing.Optional[int] = option(None, "Number of classes (default: largest mask value + 1).")
     ignore_index: typing.Optional[int] = option(
         None, "Mask value left out of loss and metrics (default 255; binary 0/255 masks map to classes 0/1).")

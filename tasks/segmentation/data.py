@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from resnet_backbones.errors import UserError
+
 from ..data.io import DataError, list_images, read_mask, read_rgb
 from ..data.seeding import sample_seed
 
@@ -185,8 +187,7 @@ def resolve_labels(scans: Sequence[MaskScan], num_classes: int | None, ignore_in
 
 
 def check_labels(scans: Sequence[MaskScan], spec: LabelSpec) -> None:
-    from resnet_backbones.errors import UserError
-
+    """Every mask value must be a class index or the ignore value; errors name the mask."""
     if spec.num_classes < 2:
         raise UserError(f"num_classes must be at least 2, got {spec.num_classes}")
     if 0 <= spec.ignore_index < spec.num_classes:

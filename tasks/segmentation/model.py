@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnet_backbones.errors import UserError
+
 PAD_MULTIPLE = 32  # the encoder's total stride
 
 
@@ -78,8 +80,6 @@ def build_segmentation_model(backbone: str, num_classes: int, head: str = "unet"
         decoder_channels = [int(c) for c in decoder_channels]
         if head == "unet":
             if len(decoder_channels) != 5:
-                from resnet_backbones.errors import UserError
-
                 raise UserError(f"decoder_channels needs 5 values for the U-Net, got {decoder_channels}")
             kwargs["decoder_channels"] = decoder_channels
         elif head == "fpn":
