@@ -32,16 +32,6 @@ TRAINABLE = {
 BN_TYPES = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second OpenMP thread only adds synchronisation, and on a busy 2-core box its
-    # spin-waits made these tests 10-40x slower. Restored afterwards for other modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def frozen_prefixes(n: int) -> tuple[str, ...]:
     """The spec's convention, written independently of the implementation."""
     return () if n == 0 else ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, n + 1))

@@ -9,15 +9,6 @@ from torch import nn
 from resnet_backbones import FPN, BackboneWithFPN, UserError, create_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second OpenMP thread only adds synchronisation (10-40x slower on a busy 2-core box).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("p6", [False, True])
 def test_fpn_levels_shapes_and_feature_info(arch, p6):

@@ -16,15 +16,6 @@ DECODERS = [smp.Unet, smp.FPN, smp.DeepLabV3Plus]
 OUT_CHANNELS = {"resnet18": [3, 64, 64, 128, 256, 512], "resnet50": [3, 64, 256, 512, 1024, 2048]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second OpenMP thread only adds synchronisation (10-40x slower on a busy 2-core box).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_every_registry_backbone_is_registered():
     from segmentation_models_pytorch.encoders import encoders
 

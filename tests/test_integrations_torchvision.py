@@ -20,15 +20,6 @@ def small_box_head(channels: int) -> dict:
     return {"box_head": TwoMLPHead(channels * 7 * 7, 64), "box_predictor": FastRCNNPredictor(64, NUM_CLASSES)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second OpenMP thread only adds synchronisation (10-40x slower on a busy 2-core box).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def fpn_detector() -> FasterRCNN:
     backbone = create_backbone("resnet18", weights=None, fpn=True, fpn_p6=True, fpn_channels=64, freeze_stages=1)
     levels = [f.name for f in backbone.feature_info]

@@ -12,15 +12,6 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 HEADING = "use in your own model"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # a second OpenMP thread only adds synchronisation on a busy 2-core box (10-40x slower)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def extract_snippet(markdown: str) -> str | None:
     """The first ```python block after the first heading that contains "Use in your own model"."""
     lines = markdown.splitlines()

@@ -18,15 +18,6 @@ from resnet_backbones import UserError, WeightsError, create_backbone, read_stat
 from resnet_backbones.weights import guess_architecture
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second OpenMP thread only adds synchronisation (10-40x slower on a busy 2-core box).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_torchvision(arch: str, seed: int = 0) -> torch.nn.Module:
     """A torchvision model with non-default BN statistics (so a stats-less load would show)."""
     torch.manual_seed(seed)
