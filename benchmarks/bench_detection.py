@@ -17,8 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,23 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from bench_backbone import machine  # noqa: E402  (same folder)
 from tasks.detection.heads import HEAD_DEFAULTS  # noqa: E402
 from tasks.detection.model import MAX_SIZE_RATIO, build_detector  # noqa: E402
 
 NUM_CLASSES = 21  # VOC-sized label space (20 + background)
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    if device.type == "cuda":
-        text += f", {torch.cuda.get_device_name(device)}"
-    return text + f", load average {os.getloadavg()[0]:.1f} at start"
 
 
 def batch(args, device):
