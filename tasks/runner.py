@@ -159,7 +159,8 @@ def fewshot_eval(checkpoint: str, data: str, ways: int, shots: int, queries: int
     the Greek and Latin alphabets file for file).
     """
     from .classification.data import ImageFolderDataset, eval_transform, scan_classes
-    from .classification.episodes import run_episodes
+    from .classification.episodes import sample_episodes
+    from .classification.fewshot import run_episodes
     from .classification.model import extract_features
 
     task, model, rt, ckpt = restore(checkpoint, device)
@@ -179,6 +180,7 @@ def fewshot_eval(checkpoint: str, data: str, ways: int, shots: int, queries: int
     ds = ImageFolderDataset(samples, classes, eval_transform(task.cfg.img_size, task.preprocessing))
     loader = DataLoader(ds, batch_size=64, num_workers=0)
     feats, labels = extract_features(model, loader, rt)
-    result = run_episodes(feats, labels, ways, shots, queries, episodes, seed)
+    result = run_episodes(feats, sample_episodes(labels.tolist(), ways, shots, queries, episodes, seed))
+    result.update(ways=ways, shots=shots, queries=queries)
     result["classes"] = len(classes)
     return result
