@@ -100,7 +100,11 @@ def config_options(func):
             text += f" Default: {f.default}."
         flag = "--" + name.replace("_", "-")
         bt = base_type(tp)
-        if bt is bool:
+        if any(typing.get_origin(base_type(e[2])) in (list, tuple) for e in entries):
+            # Repeatable (--data A --data B); "A,B" still splits where the field allows.
+            opt = click.option(flag, name, multiple=True, default=None, help=text,
+                               callback=lambda ctx, param, v: list(v) or None)
+        elif bt is bool:
             opt = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=text)
         else:
             ctype = {int: click.INT, float: click.FLOAT}.get(bt, click.STRING)
