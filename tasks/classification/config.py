@@ -5,7 +5,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 
-from ..config import TaskConfig, option
+from ..config import ConfigError, TaskConfig, option
 
 # Used instead of the defaults when no --data is given (values the user set still win):
 # the generated demo images are small, so a run takes about a minute on a 2-core CPU.
@@ -19,9 +19,11 @@ class ClassificationConfig(TaskConfig):
         "help": "Data folder; repeat (or a YAML list) to train on several at once: classes with the same "
                 "relative path merge (default: the embedded demo set).",
         "choices": None, "split_commas": False})
-    head: str = option("linear", "linear; prototype (cosine to class means, no training); "
-                       "imprint (cosine head initialised from class means, then trained).",
-                       ("linear", "prototype", "imprint"))
+    head: str = option("linear", "linear; cosine (cosine classifier with a learnt scale, Baseline++); "
+                       "prototype (cosine to class means, no training); imprint (cosine head initialised "
+                       "from class means, then trained).", ("linear", "cosine", "prototype", "imprint"))
+    cosine_margin: float = option(0.0, "Additive margin on the true class's cosine while training a cosine "
+                                  "or imprint head (CosFace); 0 = off.")
     label_smoothing: float = option(0.1, "Label smoothing of the cross-entropy loss.")
     nested_classes: bool = option(False, "Classes are two folder levels deep (e.g. alphabet/character).")
     skip_bad_images: bool = option(False, "Skip unreadable images (count printed) instead of stopping.")
@@ -34,3 +36,7 @@ class ClassificationConfig(TaskConfig):
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, os.PathLike)):  # ClassificationConfig(data="folder") from Python
             self.data = [os.fspath(self.data)]
+        if not 0 <= self.cosine_margin < 1:
+            raise ConfigError(f"cosine_margin must be in [0, 1), got {self.cosine_margin}")
+        if self.cosine_margin and self.head not in ("cosine", "imprint"):
+            raise ConfigError(f"cosine_margin needs head cosine or imprint, not {self.head!r}")

@@ -7,8 +7,12 @@ from torch import nn
 
 
 class CosineClassifier(nn.Module):
-    """Logits = scale · cos(feature, class weight). With weights set to class means this is the
-    prototype (nearest class mean) classifier; trained further it is weight imprinting."""
+    """Logits = scale · cos(feature, class weight), with a learnt scale (Baseline++, Chen et al. 2019).
+
+    With weights set to class means this is the prototype (nearest class mean) classifier; trained
+    further it is weight imprinting. :meth:`with_margin` subtracts a margin from the true class's
+    cosine while training (CosFace), which spreads the classes apart on the sphere.
+    """
 
     def __init__(self, in_features: int, num_classes: int, scale: float = 10.0) -> None:
         super().__init__()
@@ -17,6 +21,13 @@ class CosineClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+    def with_margin(self, logits: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
+        """``logits`` from :meth:`forward` with ``scale · margin`` taken off each sample's true class."""
+        return logits - self.scale * margin * F.one_hot(target, logits.shape[1]).to(logits.dtype)
+
+
+HEADS = ("linear", "cosine", "prototype", "imprint")
 
 
 class ImageClassifier(nn.Module):
@@ -33,6 +44,8 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         dim = backbone.feature_info[-1].channels
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.head = nn.Linear(dim, num_classes) if head == "linear" else CosineClassifier(dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -128,7 +128,10 @@ class ClassificationTask(Task):
 
     def training_step(self, model, batch) -> dict[str, torch.Tensor]:
         x, y = batch
-        return {"loss": F.cross_entropy(model(x), y, label_smoothing=self.cfg.label_smoothing)}
+        logits = model(x)
+        if self.cfg.cosine_margin:
+            logits = getattr(model, "head", model).with_margin(logits, y, self.cfg.cosine_margin)
+        return {"loss": F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)}
 
     # ---- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()

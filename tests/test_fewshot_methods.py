@@ -1,0 +1,47 @@
+"""Few-shot methods: cosine head with margin, episode scoring options."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasks.classification.config import ClassificationConfig
+from tasks.classification.model import CosineClassifier
+from tasks.config import ConfigError
+
+
+def test_cosine_margin_lowers_only_the_true_class_logit():
+    head = CosineClassifier(8, 4, scale=10.0)
+    x, y = torch.randn(5, 8), torch.tensor([0, 1, 2, 3, 0])
+    logits = head(x)
+    m = head.with_margin(logits, y, 0.2)
+    diff = logits - m
+    assert torch.allclose(diff[torch.arange(5), y], torch.full((5,), 2.0))
+    diff[torch.arange(5), y] = 0
+    assert torch.count_nonzero(diff) == 0
+    assert logits.abs().max() <= 10.0 + 1e-5  # bounded by the scale: |cos| ≤ 1
+
+
+def test_cosine_margin_needs_a_cosine_head_and_a_valid_range():
+    ClassificationConfig(head="cosine", cosine_margin=0.1)
+    with pytest.raises(ConfigError, match="head cosine or imprint"):
+        ClassificationConfig(head="linear", cosine_margin=0.1)
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        ClassificationConfig(head="cosine", cosine_margin=1.5)
+
+
+def test_cosine_head_with_margin_trains_and_restores(tiny_cls_data, tmp_path):
+    from tasks.classification.task import ClassificationTask
+    from tasks.config import TrainConfig
+    from tasks.engine.trainer import fit
+    from tasks.runner import restore
+
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg = ClassificationConfig(data=str(tiny_cls_data), weights=None, img_size=32, head="cosine",
+                               cosine_margin=0.2)
+    torch.manual_seed(0)
+    fit(ClassificationTask(cfg, run_dir=run), TrainConfig(epochs=1, batch_size=8, workers=0), run)
+    task, model, _, _ = restore(run, "cpu")
+    assert isinstance(model.head, CosineClassifier)
+    assert model.head.scale.item() != 10.0  # the scale is learnt
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, len(task.classes))
