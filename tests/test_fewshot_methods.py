@@ -45,3 +45,32 @@ def test_cosine_head_with_margin_trains_and_restores(tiny_cls_data, tmp_path):
     assert isinstance(model.head, CosineClassifier)
     assert model.head.scale.item() != 10.0  # the scale is learnt
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, len(task.classes))
+
+
+def test_balanced_assignment_fixes_a_greedy_collision():
+    from tasks.classification.fewshot import Scoring, classify
+
+    # Both queries are closest to class 0, but query 1 is the better match for it: greedy argmax
+    # predicts [0, 0], the balanced (transductive) assignment [1, 0].
+    support = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    query = torch.tensor([[0.8, 0.6], [0.9, 0.1]])
+    labels = torch.tensor([0, 1])
+    assert classify(support, labels, query).tolist() == [0, 0]
+    assert classify(support, labels, query, Scoring(transductive=True)).tolist() == [1, 0]
+
+
+def test_support_centring_changes_scores_but_not_separable_results():
+    from tasks.classification.episodes import sample_episodes
+    from tasks.classification.fewshot import Scoring, classify, run_episodes
+
+    offset = torch.full((4,), 5.0)  # a shared offset makes all cosines ≈ 1; centring removes it
+    support = torch.eye(4) + offset
+    query = torch.eye(4) * 0.9 + offset + 0.05 * torch.tensor([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1.]])
+    labels = torch.arange(4)
+    assert classify(support, labels, query, Scoring(center="support")).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="center"):
+        Scoring(center="base")
+    feats = torch.nn.functional.one_hot(torch.arange(5).repeat_interleave(4), 5).float() + 3.0
+    eps = sample_episodes(torch.arange(5).repeat_interleave(4).tolist(), 5, 1, 3, 10, seed=0)
+    assert run_episodes(feats, eps, Scoring(center="support"))["accuracy"] == 1.0
+    assert run_episodes(feats, eps, Scoring(transductive=True))["accuracy"] == 1.0

@@ -1,7 +1,13 @@
-"""Scoring few-shot episodes on precomputed features: nearest prototype by cosine similarity."""
+"""Scoring few-shot episodes on precomputed features: nearest prototype by cosine similarity.
+
+Options measured on Omniglot (docs/benchmarks.md, "Few-shot"): centring each episode's features
+on the mean of its support set, and a transductive step that assigns queries to classes in
+balanced numbers (each class gets the same number of queries, as in every sampled episode).
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -9,21 +15,63 @@ import torch.nn.functional as F
 
 from .episodes import Episode
 
+CENTERING = ("none", "support")
 
-def classify(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class Scoring:
+    """How an episode is scored.
+
+    Args:
+        center: ``"support"`` subtracts the mean support feature from support and query features
+            before the cosine (uses only the labelled shots, so it stays inductive); ``"none"``.
+        transductive: assign the queries jointly so that every class receives the same number of
+            them (Hungarian algorithm on the cosine similarities); off by default because it
+            needs the whole, balanced query set at once.
+    """
+
+    center: str = "none"
+    transductive: bool = False
+
+    def __post_init__(self) -> None:
+        if self.center not in CENTERING:
+            raise ValueError(f"center must be one of {CENTERING}, got {self.center!r}")
+
+
+def classify(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+             scoring: Scoring = Scoring()) -> torch.Tensor:
     """Predicted label of each query: the class whose mean L2-normalised support feature is nearest
-    in cosine similarity."""
+    in cosine similarity (after the optional centring / balanced assignment of ``scoring``)."""
+    support, query = support.float(), query.float()
+    if scoring.center == "support":
+        mean = support.mean(0)
+        support, query = support - mean, query - mean
     ways = int(support_labels.max()) + 1
-    support = F.normalize(support.float(), dim=1)
-    protos = torch.zeros(ways, support.shape[1]).index_add_(0, support_labels, support)
-    return (F.normalize(query.float(), dim=1) @ F.normalize(protos, dim=1).T).argmax(1)
+    protos = torch.zeros(ways, support.shape[1]).index_add_(0, support_labels, F.normalize(support, dim=1))
+    sim = F.normalize(query, dim=1) @ F.normalize(protos, dim=1).T
+    if scoring.transductive and len(query) % ways == 0:
+        return balanced_assignment(sim)
+    return sim.argmax(1)
 
 
-def run_episodes(feats: torch.Tensor, episodes: Sequence[Episode]) -> dict[str, float]:
+def balanced_assignment(sim: torch.Tensor) -> torch.Tensor:
+    """Labels maximising the total similarity with exactly ``len(sim) / ways`` queries per class."""
+    from scipy.optimize import linear_sum_assignment
+
+    ways = sim.shape[1]
+    per_class = len(sim) // ways
+    rows, cols = linear_sum_assignment(sim.repeat_interleave(per_class, dim=1).numpy(), maximize=True)
+    pred = torch.empty(len(sim), dtype=torch.long)
+    pred[torch.as_tensor(rows)] = torch.as_tensor(cols) // per_class
+    return pred
+
+
+def run_episodes(feats: torch.Tensor, episodes: Sequence[Episode], scoring: Scoring = Scoring()
+                 ) -> dict[str, float]:
     """Mean accuracy and its 95 % confidence interval over ``episodes`` (indices into ``feats``)."""
     accs = []
     for ep in episodes:
-        pred = classify(feats[ep.support], torch.tensor(ep.support_labels), feats[ep.query])
+        pred = classify(feats[ep.support], torch.tensor(ep.support_labels), feats[ep.query], scoring)
         accs.append((pred == torch.tensor(ep.query_labels)).float().mean().item())
     acc = torch.tensor(accs)
     std = acc.std(unbiased=True).item() if len(accs) > 1 else 0.0
