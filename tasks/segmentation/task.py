@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from .metrics import SegmentationMetrics
 from .model import build_segmentation_model, sliding_window
 from .visuals import overlay, save_index_mask, save_panels
 
+log = logging.getLogger(__name__)
+
 N_VISUALS = 4
 
 
@@ -36,7 +39,6 @@ class SegmentationTask(Task):
     """Semantic segmentation with a U-Net (FPN, DeepLabV3+) decoder on a registry backbone."""
 
     name = "segmentation"
-    config_cls = SegmentationConfig
     primary_metric = "miou"
 
     def __init__(self, cfg: SegmentationConfig, seed: int = 0, run_dir: Path | None = None) -> None:
@@ -62,16 +64,16 @@ class SegmentationTask(Task):
         train, val = layout.train, layout.val
         if val is None:
             train, val = seeded_split(train, cfg.val_fraction, self.seed)
-            print(f"{layout.root} has no val split: holding out {len(val)} of {len(train) + len(val)} images "
-                  f"(seed {self.seed}, --val-fraction {cfg.val_fraction})")
+            log.info(f"{layout.root} has no val split: holding out {len(val)} of {len(train) + len(val)} images "
+                     f"(seed {self.seed}, --val-fraction {cfg.val_fraction})")
         train_scan, val_scan = scan_masks(train), scan_masks(val)
         self.labels = resolve_labels(train_scan + val_scan, cfg.num_classes, cfg.ignore_index)
         self.class_names = self._class_names(layout.class_names, layout.root / "classes.txt")
         self.class_weights = self._class_weights(class_pixel_counts(train_scan, self.labels))
         crop = min(cfg.img_size, *(min(s.height, s.width) for s in train_scan))
         if crop < cfg.img_size:
-            print(f"training crops are {crop}x{crop}: the smallest training image is smaller than "
-                  f"--img-size {cfg.img_size}")
+            log.info(f"training crops are {crop}x{crop}: the smallest training image is smaller than "
+                     f"--img-size {cfg.img_size}")
         tf = train_transform(crop, self.mean, self.std, self.labels.ignore_index, cfg.aug_scale, cfg.aug_color,
                              cfg.vflip)
         return (SegmentationDataset(train, tf, self.labels, self.seed, augment=True),
@@ -99,7 +101,7 @@ class SegmentationTask(Task):
             freq = counts / max(1, counts.sum())
             w = np.where(freq > 0, 1 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
             w = np.where(freq > 0, w / w[freq > 0].mean(), 1.0)
-            print("class weights (auto): " + ", ".join(f"{c} {x:.2f}" for c, x in zip(self.class_names, w)))
+            log.info("class weights (auto): " + ", ".join(f"{c} {x:.2f}" for c, x in zip(self.class_names, w)))
             return [float(x) for x in w]
         try:
             w = [float(x) for x in spec.split(",") if x.strip()]
