@@ -15,7 +15,8 @@ import typing
 
 import click
 
-from tasks import get_config_class, task_names
+from resnet_backbones.errors import UserError
+from tasks import task_names
 from tasks.config import TrainConfig, base_type, preset_names, range_text
 
 LOG_LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
@@ -66,8 +67,6 @@ class Root(click.Group):
     interrupted run exits with 130 after saving its checkpoint."""
 
     def invoke(self, ctx: click.Context):
-        from resnet_backbones.errors import UserError
-
         set_verbosity("normal")
         try:
             return super().invoke(ctx)
@@ -141,6 +140,9 @@ def config_option(f: dataclasses.Field, tp) -> click.Option:
     bt = base_type(tp)
     if bt is bool:
         return click.Option([f"{flag}/--no-{f.name.replace('_', '-')}", f.name], default=None, help=help_text)
+    if typing.get_origin(bt) in (list, tuple):  # repeatable (--data A --data B); "A,B" splits where the field allows
+        return click.Option([flag, f.name], multiple=True, default=None, help=help_text,
+                            callback=lambda ctx, param, value: list(value) or None)
     choices = f.metadata.get("choices")
     return click.Option([flag, f.name], type={int: click.INT, float: click.FLOAT}.get(bt, click.STRING),
                         default=None, metavar="[" + "|".join(choices) + "]" if choices else None, help=help_text)
@@ -279,7 +281,13 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 
 @cli.command("fewshot-eval")
 @checkpoint_option
-@click.option("--data", required=True, metavar="DIR", help="Folder per class (classes unseen in training).")
+@click.option("--data", default=None, metavar="DIR", help="Folder per class (classes unseen in training).")
+@click.option("--runs", "runs_dir", default=None, metavar="DIR",
+              help="Instead of --data: the one-shot runs of Lake et al. (DIR/runNN/class_labels.txt, "
+                   "training/, test/); prints each run's error and the mean.")
+@click.option("--protocol", type=click.Choice(["across-classes", "within-alphabet"]), default="across-classes",
+              show_default=True, help="within-alphabet: all classes of an episode share a parent folder "
+                                      "(alphabet/character; needs nested classes).")
 @click.option("--ways", type=int, default=5, show_default=True)
 @click.option("--shots", type=int, default=1, show_default=True)
 @click.option("--queries", type=int, default=15, show_default=True)
@@ -288,15 +296,34 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 @click.option("--nested-classes/--flat-classes", default=None, help="Default: as in training.")
 @click.option("--include-seen", is_flag=True, help="Keep classes whose names the checkpoint was trained on.")
 @device_option
-def fewshot_eval(checkpoint, data, ways, shots, queries, episodes, seed, nested_classes, include_seen,
-                 device) -> None:
+@click.pass_context
+def fewshot_eval(ctx, checkpoint, data, runs_dir, protocol, ways, shots, queries, episodes, seed, nested_classes,
+                 include_seen, device) -> None:
     """N-way K-shot episodes (classes unseen in training) with a prototype classifier on the checkpoint's features."""
-    from tasks import runner
+    from tasks.classification import fewshot_eval as fe
 
-    r = runner.fewshot_eval(checkpoint, data, ways, shots, queries, episodes, seed, device, nested_classes,
-                            include_seen)
-    click.echo(f"{r['ways']}-way {r['shots']}-shot, {r['queries']} queries, {r['episodes']} episodes over "
-               f"{r['classes']} classes: accuracy {100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f}% (95% CI)")
+    if (data is None) == (runs_dir is None):
+        raise UserError("fewshot-eval needs exactly one of --data DIR (sampled episodes) or --runs DIR "
+                        "(published one-shot runs)")
+    if runs_dir is not None:
+        episode_flags = ["protocol", "ways", "shots", "queries", "episodes", "seed", "nested_classes", "include_seen"]
+        given = [n for n in episode_flags if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise UserError(f"--runs fixes its episodes; drop --{', --'.join(n.replace('_', '-') for n in given)}")
+        r = fe.runs_eval(checkpoint, runs_dir, device=device)
+        for run in r["runs"]:
+            click.echo(f"{run['run']}: {run['ways']}-way 1-shot, {run['queries']} queries, "
+                       f"error {100 * run['error']:.1f}%")
+        click.echo(f"mean error over {len(r['runs'])} runs: {100 * r['error']:.2f}% ± {100 * r['ci95']:.2f}% (95% CI)")
+        return
+    r = fe.fewshot_eval(checkpoint, data, ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed,
+                        protocol=protocol, device=device, nested_classes=nested_classes, include_seen=include_seen)
+    over = f"{r['classes']} classes"
+    if "groups" in r:
+        over += (f" in {r['groups_usable']} of {r['groups']} alphabets (those with ≥ {ways} classes of "
+                 f"≥ {shots + queries} images)")
+    click.echo(f"{r['ways']}-way {r['shots']}-shot {r['protocol']}, {r['queries']} queries, {r['episodes']} episodes "
+               f"over {over}: accuracy {100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f}% (95% CI)")
 
 
 # ---- convert ----------------------------------------------------------------------------------

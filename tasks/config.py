@@ -123,12 +123,18 @@ def _coerce(cls, f: dataclasses.Field, tp, value: Any) -> Any:
         raise ConfigError(f"{f.name} may not be empty")
     bt = base_type(tp)
     origin = typing.get_origin(bt)
+    if origin not in (list, tuple) and isinstance(value, (list, tuple)):
+        # A flag shared with a task whose field is a list arrives as a list (YAML lists too).
+        if len(value) != 1:
+            raise ConfigError(f"{f.name} takes one value for this task, got {len(value)}: {list(value)}")
+        value = value[0]
     try:
         if origin in (list, tuple):
             (item,) = set(typing.get_args(bt)) - {Ellipsis}
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v.strip()]
-            return [item(v) for v in value]
+            items = [value] if isinstance(value, str) else list(value)
+            if f.metadata.get("split_commas", True):  # "a,b" and a repeated flag mean the same
+                items = [p for v in items for p in (v.split(",") if isinstance(v, str) else [v])]
+            return [item(v) for v in items if not (isinstance(v, str) and not v.strip())]
         if bt is bool:
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
                 return value.lower() in ("true", "yes", "1")

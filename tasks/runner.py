@@ -91,8 +91,10 @@ def follow_weights(train_cfg: TrainConfig, task_cfg, user_keys: set[str]) -> Non
 
 
 def check_data(task_cfg) -> None:
-    if task_cfg.data is not None and not Path(task_cfg.data).expanduser().is_dir():
-        raise DataError(f"data folder {task_cfg.data} not found")
+    folders = [task_cfg.data] if isinstance(task_cfg.data, str) else task_cfg.data or []
+    for folder in folders:
+        if not Path(folder).expanduser().is_dir():
+            raise DataError(f"data folder {folder} not found")
 
 
 def finetune(task: str | None, config_file: str | None, explicit: Mapping[str, Any],
@@ -173,38 +175,3 @@ def predict(checkpoint: str, inputs: list[str], out: str, device: str = "auto") 
     Path(out).mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after the model ran
     task, model, rt, _ = restore(checkpoint, device)
     return task.predict(model, paths, Path(out), rt)
-
-
-def fewshot_eval(checkpoint: str, data: str, ways: int, shots: int, queries: int, episodes: int,
-                 seed: int, device: str = "auto", nested_classes: bool | None = None,
-                 include_seen: bool = False) -> dict[str, Any]:
-    """Episodes on classes of ``data`` with the checkpoint's backbone (features computed once).
-
-    Classes whose names the checkpoint was trained on are left out unless ``include_seen``:
-    few-shot accuracy is meant for novel classes (e.g. Omniglot's two "background" subsets share
-    the Greek and Latin alphabets file for file).
-    """
-    from .classification.data import ImageFolderDataset, eval_transform, scan_classes
-    from .classification.episodes import run_episodes
-    from .classification.model import extract_features
-
-    task, model, rt, ckpt = restore(checkpoint, device)
-    if ckpt["task"] != "classification":
-        raise ConfigError(f"fewshot-eval needs a classification checkpoint, {ckpt['path']} is {ckpt['task']}")
-    nested = task.cfg.nested_classes if nested_classes is None else nested_classes
-    samples = scan_classes(Path(data), nested)
-    classes = sorted({s.label for s in samples})
-    seen = set(classes) & set(task.classes)
-    if seen and not include_seen:
-        samples = [s for s in samples if s.label not in seen]
-        classes = sorted(set(classes) - seen)
-        log.info("left out %d class(es) of %s that the model was trained on (e.g. %s); --include-seen keeps them",
-                 len(seen), data, sorted(seen)[:2])
-    if not classes:
-        raise DataError(f"every class of {data} was seen in training; pass --include-seen to use them anyway")
-    ds = ImageFolderDataset(samples, classes, eval_transform(task.cfg.img_size, task.preprocessing))
-    loader = DataLoader(ds, batch_size=64, num_workers=0)
-    feats, labels = extract_features(model, loader, rt)
-    result = run_episodes(feats, labels, ways, shots, queries, episodes, seed)
-    result["classes"] = len(classes)
-    return result

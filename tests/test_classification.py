@@ -10,7 +10,8 @@ import torch
 
 from tasks.classification.config import ClassificationConfig
 from tasks.classification.data import load_splits, scan_classes
-from tasks.classification.episodes import run_episodes
+from tasks.classification.episodes import sample_episodes
+from tasks.classification.fewshot import run_episodes
 from tasks.classification.task import ClassificationTask
 from tasks.config import TrainConfig
 from tasks.data.io import DataError
@@ -170,11 +171,17 @@ def test_unfreeze_schedule(tiny_cls_data, tmp_path, caplog):
 def test_episodes_are_seeded_and_perfect_on_separable_features():
     labels = torch.arange(6).repeat_interleave(10)
     feats = torch.nn.functional.one_hot(labels, 6).float() + 0.01 * torch.randn(60, 6)
-    a = run_episodes(feats, labels, ways=3, shots=2, queries=3, episodes=20, seed=1)
+    episodes = sample_episodes(labels.tolist(), ways=3, shots=2, queries=3, episodes=20, seed=1)
+    for ep in episodes:
+        assert len(ep.support) == 6 and len(ep.query) == 9 and not set(ep.support) & set(ep.query)
+        assert len({labels[i].item() for i in ep.support}) == 3
+        assert all(labels[s].item() == labels[q].item() for s, ls in zip(ep.support, ep.support_labels)
+                   for q, lq in zip(ep.query, ep.query_labels) if ls == lq)
+    a = run_episodes(feats, episodes)
     assert a["accuracy"] == 1.0 and a["ci95"] == 0.0
     noisy = feats + torch.randn(60, 6)
-    b1 = run_episodes(noisy, labels, 5, 1, 5, 30, seed=2)
-    b2 = run_episodes(noisy, labels, 5, 1, 5, 30, seed=2)
+    b1 = run_episodes(noisy, sample_episodes(labels.tolist(), 5, 1, 5, 30, seed=2))
+    b2 = run_episodes(noisy, sample_episodes(labels.tolist(), 5, 1, 5, 30, seed=2))
     assert b1 == b2 and 0 < b1["ci95"]
     with pytest.raises(DataError, match="lower --ways"):
-        run_episodes(feats, labels, ways=7, shots=1, queries=1, episodes=1, seed=0)
+        sample_episodes(labels.tolist(), ways=7, shots=1, queries=1, episodes=1, seed=0)

@@ -397,11 +397,6 @@ def test_checkpoint_meta_is_plain_data(tmp_path):
     assert other.labels == task.labels and other.mean == task.mean
 
 
-def test_shots_is_refused(tmp_path):
-    with pytest.raises(UserError, match="--shots"):
-        task_for(None, tmp_path, shots=5)
-
-
 # ---- slow: the promised demo command and real data --------------------------------------------------------------
 @pytest.mark.slow
 def test_demo_command_as_promised_learns(tmp_path):

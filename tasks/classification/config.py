@@ -1,8 +1,9 @@
 """Classification settings (each field is also a ``resnet-tasks finetune`` flag)."""
 from __future__ import annotations
 
+import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import register_task
 from ..config import TaskConfig, option
@@ -17,6 +18,11 @@ DEMO_DEFAULTS = {"img_size": 64, "epochs": 6, "batch_size": 32, "lr": 3e-3, "bac
 class ClassificationConfig(TaskConfig):
     """Image classification (linear, prototype or imprinted head), few-shot included, on a registry backbone."""
 
+    # Several folders train together; a string is one folder (paths are not split at commas).
+    data: typing.Optional[list[str]] = field(default=None, metadata={
+        "help": "Data folder; repeat (or a YAML list) to train on several at once: classes with the same "
+                "relative path merge (default: the embedded demo set).",
+        "choices": None, "split_commas": False})
     head: str = option("linear", "linear; prototype (cosine to class means, no training); "
                        "imprint (cosine head initialised from class means, then trained).",
                        ("linear", "prototype", "imprint"))
@@ -29,3 +35,8 @@ class ClassificationConfig(TaskConfig):
                                                   "after this many epochs.", ge=0)
     cache_features: bool = option(True, "With a fully frozen backbone, compute features once and "
                                   "train only the head on them (no augmentation).")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, os.PathLike)):  # ClassificationConfig(data="folder") from Python
+            self.data = [os.fspath(self.data)]
+        super().__post_init__()

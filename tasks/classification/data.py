@@ -7,8 +7,10 @@ Layout: ``DATA/train/<class>/*`` and ``DATA/val/<class>/*``; without ``val/`` (o
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import albumentations as A
 import numpy as np
@@ -90,6 +92,47 @@ def load_splits(root: Path, nested: bool, val_fraction: float, seed: int, skip_b
             raise DataError(f"train and val classes differ under {root}: only in train {only_t}, only in val "
                             f"{only_v}; make both folders hold the same class folders")
     return train, val
+
+
+@dataclass(frozen=True)
+class FolderMerge:
+    """What training on several data folders at once did: ``merged`` classes (same relative path)
+    were found in more than one folder and became one class."""
+
+    folders: list[str]
+    classes_per_folder: list[int]
+    classes: int
+    merged: int
+    merged_examples: list[str]
+
+    def summary(self) -> str:
+        return (f"{len(self.folders)} data folders ({' + '.join(map(str, self.classes_per_folder))} classes) → "
+                f"{self.classes} classes; {self.merged} merged (same relative path in several folders"
+                f"{', e.g. ' + ', '.join(self.merged_examples) if self.merged else ''})")
+
+
+def load_folders(roots: Sequence[Path], nested: bool, val_fraction: float, seed: int, skip_bad: bool
+                 ) -> tuple[list[Sample], list[Sample], FolderMerge]:
+    """:func:`load_splits` of each folder, concatenated: a class is its path relative to its folder,
+    so ``small1/Greek/alpha`` and ``small2/Greek/alpha`` become one class ``Greek/alpha``."""
+    roots = [Path(r) for r in roots]
+    seen: dict[Path, Path] = {}
+    for r in roots:
+        if r.resolve() in seen:
+            raise DataError(f"data folder {r} is given twice (as {seen[r.resolve()]}); give each folder once")
+        seen[r.resolve()] = r
+    train: list[Sample] = []
+    val: list[Sample] = []
+    folder_classes = []
+    for r in roots:
+        t, v = load_splits(r, nested, val_fraction, seed, skip_bad)
+        train += t
+        val += v
+        folder_classes.append({s.label for s in t})
+    counts = Counter(c for classes in folder_classes for c in classes)
+    merged = sorted(c for c, n in counts.items() if n > 1)
+    return train, val, FolderMerge([str(r) for r in roots], [len(c) for c in folder_classes], len(counts),
+                                   len(merged), merged[:3])
 
 
 def split_stratified(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

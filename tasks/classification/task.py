@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..data.seeding import stratified_pick
 from ..engine.callbacks import FreezeSchedule
 from ..engine.runtime import Runtime
 from .config import ClassificationConfig
-from .data import ImageFolderDataset, Sample, eval_transform, load_splits, scan_classes, train_transform
+from .data import ImageFolderDataset, Sample, eval_transform, load_folders, scan_classes, train_transform
 from .demo import make_classification_demo
 from .model import ImageClassifier, extract_features
 from .visuals import save_confusion_matrix
@@ -41,14 +42,18 @@ class ClassificationTask(Task):
         self.last_details: dict[str, Any] = {}
 
     # ---- data ------------------------------------------------------------------------------
-    def data_root(self) -> Path:
-        if self.cfg.data is not None:
-            return Path(self.cfg.data)
-        return make_classification_demo(self.run_dir / "demo_data", seed=self.seed)
+    def data_roots(self) -> list[Path]:
+        if self.cfg.data:
+            return [Path(d) for d in self.cfg.data]
+        return [make_classification_demo(self.run_dir / "demo_data", seed=self.seed)]
 
     def build_datasets(self):
-        train, val = load_splits(self.data_root(), self.cfg.nested_classes, self.cfg.val_fraction, self.seed,
-                                 self.cfg.skip_bad_images)
+        train, val, merge = load_folders(self.data_roots(), self.cfg.nested_classes, self.cfg.val_fraction,
+                                         self.seed, self.cfg.skip_bad_images)
+        if len(merge.folders) > 1:
+            log.info(merge.summary())
+            if self.run_dir is not None:
+                (self.run_dir / "data_folders.json").write_text(json.dumps(dataclasses.asdict(merge), indent=1))
         self.classes = sorted({s.label for s in train})
         if self.cfg.shots is not None:
             train = self._few_shot(train)

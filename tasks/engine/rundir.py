@@ -14,9 +14,10 @@ from resnet_backbones.errors import UserError
 
 log = logging.getLogger(__name__)
 LOCK = ".lock"
-# What a run writes; --overwrite removes these (never anything else the folder may hold).
-OUTPUTS = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", "visuals",
-           "demo_data", "fewshot_subset.json")
+# What a run writes; --overwrite removes these (never anything else the folder may hold, nor a
+# fewshot_subset.json, which a user may have placed there to choose the images).
+OUTPUTS = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", "visuals", "demo_data")
+RUN_MARKERS = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl")  # a folder holding one of these holds a run
 
 
 def fresh_run_dir(task: str, root: str | Path = "runs") -> Path:
@@ -30,7 +31,7 @@ def fresh_run_dir(task: str, root: str | Path = "runs") -> Path:
 
 
 def holds_run(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in OUTPUTS)
+    return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
 
 
 def check_run_dir(path: Path, resume: bool, overwrite: bool) -> None:

@@ -31,6 +31,8 @@ class SegmentationConfig(TaskConfig):
         None, "Mask value left out of loss and metrics (default 255; binary 0/255 masks map to classes 0/1).")
     class_names: typing.Optional[list[str]] = option(
         None, "Comma-separated class names (default: DATA/classes.txt, one per line, else class0, class1…).")
+    shots: typing.Optional[int] = option(None, "Few-shot: train on K training images (seeded; the list is saved "
+                                               "to fewshot_subset.json and reused on --resume).", ge=1)
     val_fraction: float = option(0.2, "Share of the images held out (seeded) when DATA has no val split.",
                                 gt=0, lt=1)
     loss: str = option("ce", "Loss: cross-entropy, cross-entropy + Dice, or Dice.", LOSSES)

@@ -28,6 +28,7 @@ from .data import (DEFAULT_IGNORE, LabelSpec, SegmentationDataset, check_labels,
 from .demo import write_demo
 from .metrics import SegmentationMetrics
 from .model import build_segmentation_model, sliding_window
+from .shots import few_shot_pairs
 from .visuals import overlay, save_index_mask, save_panels
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class SegmentationTask(Task):
             train, val = seeded_split(train, cfg.val_fraction, self.seed)
             log.info(f"{layout.root} has no val split: holding out {len(val)} of {len(train) + len(val)} images "
                      f"(seed {self.seed}, --val-fraction {cfg.val_fraction})")
+        epoch_size = len(train)
+        if cfg.shots is not None:
+            train = few_shot_pairs(train, cfg.shots, self.seed, self.run_dir, held_out=len(val))
         train_scan, val_scan = scan_masks(train), scan_masks(val)
         self.labels = resolve_labels(train_scan + val_scan, cfg.num_classes, cfg.ignore_index)
         self.class_names = self._class_names(layout.class_names, layout.root / "classes.txt")
@@ -76,6 +80,11 @@ class SegmentationTask(Task):
                      f"--img-size {cfg.img_size}")
         tf = train_transform(crop, self.mean, self.std, self.labels.ignore_index, cfg.aug_scale, cfg.aug_color,
                              cfg.vflip)
+        if len(train) < epoch_size:
+            # An epoch still draws as many crops as the whole training split has images (the K images
+            # cycled, each draw augmented anew), so --epochs is the same budget whatever --shots is.
+            log.info(f"few-shot: each epoch draws {epoch_size} augmented crops from the {len(train)} image(s)")
+            train = [train[i % len(train)] for i in range(epoch_size)]
         return (SegmentationDataset(train, tf, self.labels, self.seed, augment=True),
                 SegmentationDataset(val, eval_transform(self.mean, self.std), self.labels))
 
@@ -221,8 +230,6 @@ class SegmentationTask(Task):
 
 
 def _check_config(cfg: SegmentationConfig) -> None:
-    if cfg.shots is not None:
-        raise UserError("--shots (few-shot sampling) is for --task classification, not segmentation")
     if cfg.img_size < 16:
         raise UserError(f"img_size must be at least 16, got {cfg.img_size}")
     if cfg.tile < 0 or not 0 <= cfg.tile_overlap < 1:
