@@ -1,8 +1,10 @@
 """ImageNet ResNets (18…152) as multi-scale feature extractors.
 
->>> from resnet_backbones import create_backbone, list_backbones
->>> bb = create_backbone("resnet50", weights="imagenet", freeze_stages=2)
->>> feats = bb(images)          # {"c2": …, "c3": …, "c4": …, "c5": …}
+>>> import torch
+>>> from resnet_backbones import create_backbone
+>>> bb = create_backbone("resnet50", weights=None, freeze_stages=2)  # weights="imagenet": pretrained
+>>> {name: tuple(f.shape) for name, f in bb(torch.rand(1, 3, 64, 64)).items()}
+{'c2': (1, 256, 16, 16), 'c3': (1, 512, 8, 8), 'c4': (1, 1024, 4, 4), 'c5': (1, 2048, 2, 2)}
 """
 from __future__ import annotations
 
