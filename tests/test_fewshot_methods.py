@@ -73,3 +73,41 @@ def test_support_centring_changes_scores_but_not_separable_results():
     eps = sample_episodes(torch.arange(5).repeat_interleave(4).tolist(), 5, 1, 3, 10, seed=0)
     assert run_episodes(feats, eps, Scoring(center="support"))["accuracy"] == 1.0
     assert run_episodes(feats, eps, Scoring(transductive=True))["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("augment", ["imagenet", "shift", "none"])
+def test_augment_policies_give_the_eval_framing(augment):
+    import numpy as np
+
+    from resnet_backbones import Preprocessing
+    from tasks.classification.data import eval_transform, train_transform
+
+    img = np.full((105, 90, 3), 255, np.uint8)
+    img[40:60, 30:50] = 0  # a dark square on white, like a pen stroke
+    pre = Preprocessing()
+    tr = train_transform(32, pre, augment)
+    tr.set_random_seed(0)
+    ev = eval_transform(32, pre, augment)(image=img)["image"]
+    assert tr(image=img)["image"].shape == ev.shape == (3, 32, 32)
+    white = (1 - pre.mean[0]) / pre.std[0]
+    # Policies that keep the whole image show its white border at evaluation; imagenet crops in.
+    assert torch.isclose(ev[0, 0, 0], torch.tensor(white), atol=1e-3)
+    if augment != "imagenet":
+        assert torch.allclose(ev, eval_transform(32, pre, augment)(image=img)["image"])
+
+
+def test_shift_policy_never_flips_or_recolours():
+    import numpy as np
+
+    from resnet_backbones import Preprocessing
+    from tasks.classification.data import train_transform
+
+    img = np.full((64, 64, 3), 255, np.uint8)
+    img[20:44, 4:14] = 0  # a bar at the far left
+    tr = train_transform(64, Preprocessing(mean=(0, 0, 0), std=(1, 1, 1)), "shift")
+    for seed in range(20):
+        tr.set_random_seed(seed)
+        x = tr(image=img)["image"][0]
+        dark_cols = (x < 0.5).any(0).nonzero().flatten()
+        assert dark_cols.float().mean() < 20  # stays on the left: never mirrored
+        assert x[0, 0] == 1.0 and x[-1, -1] == 1.0  # white stays white (no colour jitter)

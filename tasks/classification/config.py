@@ -29,6 +29,10 @@ class ClassificationConfig(TaskConfig):
     cosine_margin: float = option(0.0, "Additive margin on the true class's cosine while training a cosine "
                                   "or imprint head (CosFace); 0 = off.", ge=0, lt=1)
     label_smoothing: float = option(0.1, "Label smoothing of the cross-entropy loss.", ge=0, lt=1)
+    augment: str = option("imagenet", "Training augmentation: imagenet (random-resized crop, flip, colour "
+                          "jitter: photos); shift (whole image, small shifts/rotations/scalings: characters, "
+                          "digits, documents, where flips and crops change the class); none.",
+                          ("imagenet", "shift", "none"))
     nested_classes: bool = option(False, "Classes are two folder levels deep (e.g. alphabet/character).")
     skip_bad_images: bool = option(False, "Skip unreadable images (count printed) instead of stopping.")
     val_fraction: float = option(0.2, "Share of each class held out for validation when DATA has no val/.",

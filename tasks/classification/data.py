@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
@@ -149,21 +150,40 @@ def split_stratified(samples: list[Sample], val_fraction: float, seed: int) -> t
     return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
 
 
-def train_transform(size: int, pre: Preprocessing) -> A.Compose:
-    return A.Compose([
-        A.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0)),
-        A.HorizontalFlip(),
-        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
-        A.Normalize(mean=pre.mean, std=pre.std),
-        ToTensorV2(),
-    ])
+AUGMENTATIONS = ("imagenet", "shift", "none")
 
 
-def eval_transform(size: int, pre: Preprocessing) -> A.Compose:
-    # Resize then centre-crop in the weights' own ratio (e.g. 232 → 224 for torchvision V2).
-    resize = max(size, round(size * pre.resize_size / pre.input_size))
-    return A.Compose([A.SmallestMaxSize(max_size=resize), A.CenterCrop(size, size),
-                      A.Normalize(mean=pre.mean, std=pre.std), ToTensorV2()])
+def train_transform(size: int, pre: Preprocessing, augment: str = "imagenet") -> A.Compose:
+    """Training augmentation by policy.
+
+    ``imagenet``: random-resized crop, horizontal flip, colour jitter (photos). ``shift``: the whole
+    image resized, then small random translations, rotations and scalings with the border
+    repeated — for images whose orientation, colour and framing carry meaning (handwriting,
+    characters, digits, documents), where flips and crops change the class. ``none``: resize only.
+    """
+    if augment == "imagenet":
+        ops = [A.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0)), A.HorizontalFlip(),
+               A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8)]
+    elif augment == "shift":
+        ops = [A.Resize(size, size),
+               A.Affine(translate_percent=(-0.0625, 0.0625), rotate=(-10, 10), scale=(0.9, 1.1), shear=(-6, 6),
+                        border_mode=cv2.BORDER_REPLICATE, p=1.0)]
+    elif augment == "none":
+        ops = [A.Resize(size, size)]
+    else:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    return A.Compose([*ops, A.Normalize(mean=pre.mean, std=pre.std), ToTensorV2()])
+
+
+def eval_transform(size: int, pre: Preprocessing, augment: str = "imagenet") -> A.Compose:
+    """What the model sees at evaluation: framed as in training (see :func:`train_transform`)."""
+    if augment == "imagenet":
+        # Resize then centre-crop in the weights' own ratio (e.g. 232 → 224 for torchvision V2).
+        resize = max(size, round(size * pre.resize_size / pre.input_size))
+        ops = [A.SmallestMaxSize(max_size=resize), A.CenterCrop(size, size)]
+    else:  # trained on the whole image: a centre crop would zoom in and cut off its border
+        ops = [A.Resize(size, size)]
+    return A.Compose([*ops, A.Normalize(mean=pre.mean, std=pre.std), ToTensorV2()])
 
 
 class ImageFolderDataset(Dataset):

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError
 from ..data.io import DataError
-from .data import ImageFolderDataset, Sample, eval_transform, scan_classes
+from .data import ImageFolderDataset, Sample, scan_classes
 from .episodes import sample_episodes, usable_groups
 from .fewshot import run_episodes
 from .model import extract_features
@@ -36,7 +36,7 @@ def _restore_classifier(checkpoint: str, device: str):
 
 
 def _features(task, model, rt, samples: list[Sample], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = ImageFolderDataset(samples, classes, eval_transform(task.cfg.img_size, task.preprocessing))
+    ds = ImageFolderDataset(samples, classes, task.eval_transform())
     return extract_features(model, DataLoader(ds, batch_size=64, num_workers=0), rt)
 
 

@@ -58,9 +58,8 @@ class ClassificationTask(Task):
         if self.cfg.shots is not None:
             train = self._few_shot(train)
         self._train_samples = train
-        pre = self._preprocessing()
-        return (ImageFolderDataset(train, self.classes, train_transform(self.cfg.img_size, pre), self.seed),
-                ImageFolderDataset(val, self.classes, eval_transform(self.cfg.img_size, pre), self.seed))
+        return (ImageFolderDataset(train, self.classes, self.train_transform(), self.seed),
+                ImageFolderDataset(val, self.classes, self.eval_transform(), self.seed))
 
     def _few_shot(self, train: list[Sample]) -> list[Sample]:
         k = self.cfg.shots
@@ -77,6 +76,12 @@ class ClassificationTask(Task):
                 {"shots": k, "seed": self.seed, "classes": subset}, indent=1))
         log.info(f"few-shot: {k} image(s) per class, {len(chosen)} in all (list in fewshot_subset.json)")
         return chosen
+
+    def train_transform(self):
+        return train_transform(self.cfg.img_size, self._preprocessing(), self.cfg.augment)
+
+    def eval_transform(self):
+        return eval_transform(self.cfg.img_size, self._preprocessing(), self.cfg.augment)
 
     def _preprocessing(self) -> Preprocessing:
         if self.preprocessing is None:
@@ -184,11 +189,11 @@ class ClassificationTask(Task):
         root = Path(data)
         split = root / "val" if (root / "val").is_dir() else root
         samples = scan_classes(split, self.cfg.nested_classes)
-        return ImageFolderDataset(samples, self.classes, eval_transform(self.cfg.img_size, self._preprocessing()))
+        return ImageFolderDataset(samples, self.classes, self.eval_transform())
 
     @torch.no_grad()
     def predict(self, model, inputs: list[Path], out_dir: Path, rt: Runtime) -> list[dict]:
-        tf = eval_transform(self.cfg.img_size, self._preprocessing())
+        tf = self.eval_transform()
         records = []
         k = min(5, len(self.classes))
         for path in inputs:
