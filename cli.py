@@ -1,20 +1,25 @@
 """``resnet-tasks``: the command line. It parses, validates and hands off to ``tasks.runner``.
 
-Finetune flags are generated from the typed config dataclasses (``tasks/*/config.py``), so a
-config key, its YAML name and its flag are always the same thing.
+``finetune TASK`` has one subcommand per registered task (``tasks.register_task``), whose flags
+are generated from the typed config dataclasses (``tasks/*/config.py``): a config key, its YAML
+name and its flag are the same thing, with one default and one allowed range. Nothing here imports
+torch until a command runs, so ``--help`` answers at once.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import typing
 
 import click
 
 from resnet_backbones.errors import UserError
-from tasks import TASK_NAMES, available_config_classes
-from tasks.config import TrainConfig, base_type
+from tasks import task_names
+from tasks.config import TrainConfig, base_type, preset_names, range_text
+
+LOG_LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
 
 
 def _one_line(e: BaseException) -> str:
@@ -26,26 +31,73 @@ def _one_line(e: BaseException) -> str:
     return last
 
 
+class LogLines(logging.Handler):
+    """Log records as plain lines on stdout, printed around a progress bar if one is drawn; stderr
+    is kept for the one-line error, so ``2>err.txt`` holds exactly what went wrong."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        msg = record.getMessage()
+        tqdm.write(msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}",
+                   file=sys.stdout)
+
+
+def set_verbosity(level: str) -> None:
+    """Send the package's log records (``tasks``, ``resnet_backbones``) to the console at ``level``."""
+    for name in ("tasks", "resnet_backbones"):
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if not isinstance(h, LogLines)] + [LogLines()]
+        logger.setLevel(LOG_LEVELS[level])
+
+
+def verbosity_options(func):
+    """``-q/--quiet`` (warnings only) and ``-v/--verbose`` (debug), on the root and on every command."""
+    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            set_verbosity(param.name)
+    func = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=callback,
+                        help="Also log debug details.")(func)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=callback,
+                        help="Log warnings and errors only.")(func)
+
+
 class Root(click.Group):
-    """Turns user errors into one line and exit code 2 (a traceback only with --debug)."""
+    """Turns user errors into one line and exit code 2 (a traceback only with --debug); an
+    interrupted run exits with 130 after saving its checkpoint."""
 
     def invoke(self, ctx: click.Context):
-        from tasks.engine.trainer import TrainingInterrupted
-
+        set_verbosity("normal")
         try:
             return super().invoke(ctx)
-        except TrainingInterrupted as e:
-            click.echo(str(e), err=True)
-            ctx.exit(130)
-        except UserError as e:
+        except click.exceptions.Exit:
+            raise
+        except (UserError, click.UsageError, OSError) as e:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"error: {_one_line(e)}", err=True)
+            if isinstance(e, click.UsageError):
+                msg = e.format_message()
+            elif isinstance(e, OSError) and not isinstance(e, UserError):  # unwritable or missing output
+                msg = f"cannot write {e.filename}: {e.strerror}" if e.filename else _one_line(e)
+            else:
+                msg = _one_line(e)
+            click.echo(f"error: {msg}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as e:
+            from tasks.engine.trainer import TrainingInterrupted
+
+            if not isinstance(e, TrainingInterrupted):
+                raise
+            click.echo(str(e), err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=Root, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@verbosity_options
 @click.version_option(package_name="resnet-tasks")
 def cli(debug: bool) -> None:
     """ResNet-18…152 backbones: list them, fine-tune, evaluate, predict, few-shot evaluate."""
@@ -72,64 +124,122 @@ def backbones(describe_name: str | None, freeze_stages: int, norm: str) -> None:
 
 
 # ---- finetune ---------------------------------------------------------------------------------
-def _config_fields() -> dict[str, list[tuple[str, dataclasses.Field, typing.Any]]]:
-    """Flag name → [(owner, field, type)] over TrainConfig and every installed task's config."""
-    out: dict[str, list] = {}
-    for owner, cls in {"train": TrainConfig, **available_config_classes()}.items():
+def config_option(f: dataclasses.Field, tp) -> click.Option:
+    """One click option for a config field: default None (= 'not given'); help shows the field's default."""
+    flag = "--" + f.name.replace("_", "-")
+    help_text = f.metadata.get("help", "")
+    if range_text(f):
+        help_text += f" ({range_text(f)})"
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    elif isinstance(default, (list, tuple)):
+        default = ",".join(map(str, default))
+    if default is not None:
+        help_text += f"  [default: {default}]"
+    bt = base_type(tp)
+    if bt is bool:
+        return click.Option([f"{flag}/--no-{f.name.replace('_', '-')}", f.name], default=None, help=help_text)
+    if typing.get_origin(bt) in (list, tuple):  # repeatable (--data A --data B); "A,B" splits where the field allows
+        return click.Option([flag, f.name], multiple=True, default=None, help=help_text,
+                            callback=lambda ctx, param, value: list(value) or None)
+    choices = f.metadata.get("choices")
+    return click.Option([flag, f.name], type={int: click.INT, float: click.FLOAT}.get(bt, click.STRING),
+                        default=None, metavar="[" + "|".join(choices) + "]" if choices else None, help=help_text)
+
+
+def task_command(name: str) -> click.Command:
+    """``finetune NAME``: the run flags, this task's own flags, then the engine's flags."""
+    from tasks import get_task_entry
+
+    entry = get_task_entry(name)
+    demo = ", ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                     for k, v in entry.demo_defaults.items())
+
+    def run(config_file: str | None, resume: str | None, overwrite: bool, **values) -> None:
+        from tasks import runner
+
+        explicit = {k: v for k, v in values.items() if v is not None}
+        result = runner.finetune(name, config_file, explicit, resume=resume, overwrite=overwrite)
+        best = result["best_metric"]
+        click.echo(f"done: best {result['primary_metric']} = {best:.4f} (epoch {result['best_epoch']}); "
+                   f"run folder {result['run_dir']}" if best is not None else f"done: {result['run_dir']}")
+
+    params = [
+        click.Option(["--config", "config_file"], default=None, metavar="NAME|FILE",
+                     help=f"YAML preset: a file, or a bundled one ({', '.join(preset_names())}); flags override it."),
+        click.Option(["--resume"], default=None, metavar="RUN_DIR|CKPT", help="Continue an interrupted run exactly."),
+        click.Option(["--overwrite"], is_flag=True, help="Replace the run already in --out."),
+    ]
+    seen: set[str] = set()
+    for cls in (entry.config_cls, TrainConfig):
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            out.setdefault(f.name, []).append((owner, f, hints[f.name]))
-    return out
+        params += [config_option(f, hints[f.name]) for f in dataclasses.fields(cls) if f.name not in seen]
+        seen |= {f.name for f in dataclasses.fields(cls)}
+    doc = (entry.config_cls.__doc__ or f"Fine-tune for {name}.").strip().splitlines()[0]
+    cmd = click.Command(name, callback=run, params=params, context_settings={"max_content_width": 110},
+                        help=f"{doc} Writes a run folder (config, metrics, plots, checkpoints).",
+                        epilog=f"Without --data: a generated demo set, with {demo} unless set." if demo else None)
+    return verbosity_options(cmd)
 
 
-def config_options(func):
-    """Add one click option per config field (default None = 'not given')."""
-    for name, entries in sorted(_config_fields().items(), reverse=True):
-        _, f, tp = entries[0]
-        owners = [e[0] for e in entries]
-        helps = list(dict.fromkeys(e[1].metadata.get("help", "") for e in entries))
-        text = helps[0] if len(helps) == 1 else " | ".join(
-            f"{o}: {e[1].metadata.get('help', '')}" for o, e in zip(owners, entries))
-        if "train" not in owners and len(owners) < len(available_config_classes()):
-            text = f"[{', '.join(owners)} only] {text}"
-        choices = [c for e in entries for c in (e[1].metadata.get("choices") or ())]
-        if choices:
-            text += f" Choices: {', '.join(dict.fromkeys(choices))}."
-        defaults = {repr(e[1].default) for e in entries}
-        if len(defaults) == 1 and f.default is not None and not isinstance(f.default, bool):
-            text += f" Default: {f.default}."
-        flag = "--" + name.replace("_", "-")
-        bt = base_type(tp)
-        if any(typing.get_origin(base_type(e[2])) in (list, tuple) for e in entries):
-            # Repeatable (--data A --data B); "A,B" still splits where the field allows.
-            opt = click.option(flag, name, multiple=True, default=None, help=text,
-                               callback=lambda ctx, param, v: list(v) or None)
-        elif bt is bool:
-            opt = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=text)
-        else:
-            ctype = {int: click.INT, float: click.FLOAT}.get(bt, click.STRING)
-            opt = click.option(flag, name, type=ctype, default=None, help=text)
-        func = opt(func)
-    return func
+def _option_value(args: list[str], flag: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
 
 
-@cli.command(context_settings={"max_content_width": 110})
-@click.option("--task", type=click.Choice(TASK_NAMES), default=None, help="Default: classification (or the config's).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML preset (configs/*.yaml); flags override it.")
-@click.option("--resume", default=None, metavar="RUN_DIR|CKPT", help="Continue an interrupted run exactly.")
-@config_options
-def finetune(task: str | None, config_file: str | None, resume: str | None, **values) -> None:
-    """Fine-tune a backbone on a task; writes a run folder (config, metrics, plots, checkpoints)."""
-    from tasks import runner
+def _task_of(args: list[str]) -> str | None:
+    """The task a ``--config`` preset/file or a ``--resume`` run folder names, if any (light: YAML only)."""
+    from pathlib import Path
 
-    explicit = {k: v for k, v in values.items() if v is not None}
-    if resume and (task or config_file):
-        raise UserError("--resume takes its task and config from the checkpoint; drop --task/--config")
-    result = runner.finetune(task, config_file, explicit, resume=resume)
-    best = result["best_metric"]
-    click.echo(f"done: best {result['primary_metric']} = {best:.4f} (epoch {result['best_epoch']}); "
-               f"run folder {result['run_dir']}" if best is not None else f"done: {result['run_dir']}")
+    from tasks.config import find_config, load_yaml
+
+    try:
+        if (config := _option_value(args, "--config")) is not None:
+            return load_yaml(find_config(config)).get("task")
+        if (resume := _option_value(args, "--resume")) is not None:
+            run = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+            return load_yaml(run / "config.yaml").get("task")
+    except Exception:  # the command itself reports a bad --config or --resume
+        return None
+    return None
+
+
+class Finetune(click.Group):
+    """``finetune TASK`` per registered task; ``finetune --task TASK`` is the same command."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return task_names()
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return task_command(name) if name in task_names() else None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in task_names():
+            raise click.UsageError(f"unknown task {args[0]!r}; choose one of: {', '.join(task_names())}")
+        return super().resolve_command(ctx, args)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = list(args)
+        if not (args and args[0] in task_names()) and not (set(args) & {"-h", "--help"} and "--task" not in args):
+            task = _option_value(args, "--task")
+            if task is not None:
+                i = next(i for i, a in enumerate(args) if a == "--task" or a.startswith("--task="))
+                del args[i:i + (1 if "=" in args[i] else 2)]
+            args.insert(0, task or _task_of(args) or "classification")
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=Finetune, context_settings={"max_content_width": 110})
+def finetune() -> None:
+    """Fine-tune a backbone: finetune TASK [flags] (or --task TASK); TASK --help lists its flags.
+
+    Without TASK: the task of --config or --resume, else classification.
+    """
 
 
 # ---- evaluate / predict / fewshot-eval ------------------------------------------------------------
@@ -142,7 +252,7 @@ device_option = click.option("--device", default="auto", show_default=True, help
 @checkpoint_option
 @click.option("--data", required=True, metavar="DIR", help="Labelled data (its val split if it has one).")
 @device_option
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write metrics here.")
 def evaluate(checkpoint: str, data: str, device: str, batch_size: int, json_out: str | None) -> None:
     """Metrics of a checkpoint on labelled data (needs nothing but the checkpoint)."""

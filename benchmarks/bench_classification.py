@@ -65,7 +65,7 @@ def ours(data: Path, init: Path, epochs: int, size: int, batch: int, workers: in
     task = ClassificationTask(cfg, seed=0, run_dir=run_dir)
     t0 = time.perf_counter()
     hist = fit(task, TrainConfig(epochs=epochs, batch_size=batch, workers=workers, lr=lr, optimizer="sgd",
-                                 backbone_lr_mult=1.0, weight_decay=0.0, warmup_epochs=0), run_dir)["history"]
+                                 backbone_lr_mult=1.0, weight_decay=0.0, warmup_epochs=0), run_dir=run_dir)["history"]
     total = time.perf_counter() - t0
     return [(h["top1"], h["time_s"]) for h in hist], total
 

@@ -150,8 +150,7 @@ def main() -> None:
             tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, workers=0, device="cpu",
                              seed=args.seed)
             t = time.perf_counter()
-            res = fit(SegmentationTask(cfg, seed=args.seed, run_dir=tmp / f"fit_{backbone}"), tc,
-                      tmp / f"fit_{backbone}")
+            res = fit(SegmentationTask(cfg, seed=args.seed), tc, run_dir=tmp / f"fit_{backbone}")
             row["fit"] = {"wall_s": time.perf_counter() - t, "miou": res["history"][-1]["miou"]}
         rows.append(row)
 

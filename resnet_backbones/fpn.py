@@ -29,6 +29,7 @@ class FPN(nn.Module):
         p6: add a max-pooled P6 (stride 2 × the last level), as the FPN RPN expects.
 
     Example:
+        >>> from resnet_backbones import create_backbone
         >>> bb = create_backbone("resnet18", weights=None)
         >>> fpn = FPN(bb.feature_info, out_channels=128)
         >>> [(f.name, f.channels, f.stride) for f in fpn.feature_info]

@@ -28,7 +28,6 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
-    config_cls: ClassVar[type[TaskConfig]]
     primary_metric: ClassVar[str]  # key of evaluate()'s result; higher is better; picks `best.pt`
 
     def __init__(self, cfg: TaskConfig, seed: int = 0, run_dir: Path | None = None) -> None:
@@ -63,8 +62,9 @@ class Task(ABC):
         """
         return model, train_ds, val_ds
 
-    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
-        """Hook at the start of each epoch (0-based), e.g. a freeze schedule."""
+    def callbacks(self) -> list:
+        """Engine callbacks this task adds to every run (e.g. a freeze schedule); see ``tasks.engine.callbacks``."""
+        return []
 
     @abstractmethod
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:

@@ -19,42 +19,90 @@ class ConfigError(UserError):
     """A config key or value is not valid."""
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None):
-    """A config field; ``help`` becomes the CLI flag's help, ``choices`` are checked."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, *, ge: float | None = None,
+           gt: float | None = None, le: float | None = None, lt: float | None = None):
+    """A config field: ``help`` becomes the CLI flag's help; ``choices`` and the bounds (``ge`` ≥,
+    ``gt`` >, ``le`` ≤, ``lt`` <) are declared here once and checked for CLI, YAML and Python alike."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+
+
+_BOUND_OPS = {"ge": (">=", float.__ge__), "gt": (">", float.__gt__), "le": ("<=", float.__le__),
+              "lt": ("<", float.__lt__)}
+
+
+def range_text(f: dataclasses.Field) -> str:
+    """``'>= 1'``, ``'in 0…4'``, ``'> 0 and < 1'``… for help texts and errors; '' when unbounded."""
+    bounds = f.metadata.get("bounds", {})
+    if set(bounds) == {"ge", "le"}:
+        return f"in {bounds['ge']:g}…{bounds['le']:g}"
+    return " and ".join(f"{_BOUND_OPS[k][0]} {v:g}" for k, v in f.metadata.get("bounds", {}).items())
+
+
+def check_value(f: dataclasses.Field, value: Any) -> None:
+    """Raise :class:`ConfigError` when ``value`` breaks the field's declared choices or bounds."""
+    if value is None:
+        return
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+    bounds = f.metadata.get("bounds") or {}
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        for key, bound in bounds.items():
+            if not _BOUND_OPS[key][1](float(item), float(bound)):
+                raise ConfigError(f"{f.name} must be {range_text(f)}, got {value!r}")
+
+
+class Checked:
+    """Dataclass mixin: every field's choices and bounds are checked on construction."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_value(f, getattr(self, f.name))
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """Engine settings shared by every task."""
 
-    epochs: int = option(10, "Training epochs.")
-    batch_size: int = option(16, "Images per step.")
-    lr: float = option(1e-3, "Peak learning rate of the head; the backbone gets lr × backbone_lr_mult.")
-    backbone_lr_mult: float = option(0.1, "Backbone LR as a fraction of the head LR.")
+    epochs: int = option(10, "Training epochs.", ge=1)
+    batch_size: int = option(16, "Images per step (a last batch of one is merged into the one before).", ge=1)
+    lr: float = option(1e-3, "Peak learning rate of the head; the backbone gets lr × backbone_lr_mult.", gt=0)
+    backbone_lr_mult: float = option(0.1, "Backbone LR as a fraction of the head LR (default 1 with random "
+                                     "weights).", ge=0)
     optimizer: str = option("adamw", "Optimiser.", ("adamw", "sgd"))
-    weight_decay: float = option(0.01, "Weight decay (never applied to norm layers or biases).")
-    warmup_epochs: float = option(1.0, "Linear warmup length in epochs, then cosine decay to 0.")
-    grad_clip: float = option(0.0, "Clip the gradient norm to this value (0 = off).")
+    weight_decay: float = option(0.01, "Weight decay (never applied to norm layers or biases).", ge=0)
+    warmup_epochs: float = option(1.0, "Linear warmup length in epochs (at most a fifth of the run), then "
+                                  "cosine decay to 0.", ge=0)
+    grad_clip: float = option(0.0, "Clip the gradient norm to this value (0 = off).", ge=0)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     amp: typing.Optional[bool] = option(None, "Mixed precision (bf16, else fp16); default: on for CUDA.")
     channels_last: bool = option(True, "channels_last memory format on CUDA.")
-    seed: int = option(0, "Seed for data order, few-shot sampling, splits and initialisation.")
-    workers: int = option(2, "DataLoader worker processes.")
-    out: typing.Optional[str] = option(None, "Run folder (default runs/<task>-<time>).")
+    seed: int = option(0, "Seed for data order, few-shot sampling, splits and initialisation.", ge=0)
+    workers: int = option(2, "DataLoader worker processes.", ge=0)
+    out: typing.Optional[str] = option(None, "Run folder (default: a fresh runs/<task>-<time>).")
+    save_optimizer: bool = option(False, "Keep the optimiser state in best.pt and in a finished run's last.pt "
+                                  "(an unfinished run's last.pt always keeps it, for --resume).")
+    log_every: int = option(20, "Without a terminal: log a progress line every this many steps.", ge=1)
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(Checked):
     """Settings every task has; each task subclasses it with its own fields."""
 
     data: typing.Optional[str] = option(None, "Data folder (default: the embedded demo set).")
     backbone: str = option("resnet18", "Registry name (resnet-tasks backbones).")
     weights: typing.Optional[str] = option("imagenet", "imagenet, torchvision:TAG, timm:NAME.TAG, a file, or none.")
-    freeze_stages: int = option(0, "0 = train all; N = freeze stem + layer1…N; 4 = whole backbone.")
+    freeze_stages: int = option(0, "0 = train all; N = freeze stem + layer1…N; 4 = whole backbone.", ge=0, le=4)
     norm: str = option("bn", "Backbone normalisation.", ("bn", "frozen_bn"))
-    img_size: int = option(224, "Input size (classification/segmentation side; detection min side).")
-    shots: typing.Optional[int] = option(None, "Few-shot: K training samples per class (seeded).")
+    img_size: int = option(224, "Input size (classification/segmentation side; detection min side).", ge=16)
+    shots: typing.Optional[int] = option(None, "Few-shot: K training samples per class (seeded).", ge=1)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, str) and self.weights.lower() in ("none", "random", ""):
+            self.weights = None  # one spelling of "random init", so checks like `weights is None` hold
+        super().__post_init__()
 
 
 def _is_optional(tp) -> bool:
@@ -98,9 +146,7 @@ def _coerce(cls, f: dataclasses.Field, tp, value: Any) -> Any:
         value = bt(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{f.name} must be {getattr(bt, '__name__', bt)}, got {value!r}") from None
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+    check_value(f, value)
     return value
 
 
@@ -131,6 +177,30 @@ def split_values(values: Mapping[str, Any], task_cfg_cls) -> tuple[TrainConfig, 
     return train, task
 
 
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """Bundled presets (``tasks/presets/*.yaml``), usable as ``--config NAME``."""
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def is_preset(path: Path) -> bool:
+    return path.resolve().parent == PRESETS.resolve()
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A YAML file, or the bundled preset of that name (``classification`` → ``presets/classification.yaml``)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    preset = PRESETS / f"{path.stem if path.suffix in ('.yaml', '.yml') else path.name}.yaml"
+    if path.parent == Path(".") and preset.is_file():
+        return preset
+    raise ConfigError(f"config {name_or_path} not found: pass a YAML file or a bundled preset "
+                      f"({', '.join(preset_names())})")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
@@ -144,10 +214,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of key: value")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-def to_flat_dict(*configs) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for c in configs:
-        out.update(dataclasses.asdict(c))
-    return out

@@ -4,8 +4,7 @@ Only this module and ``cli.py`` read YAML or untyped dicts; everything below get
 """
 from __future__ import annotations
 
-import dataclasses
-import time
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,77 +14,106 @@ from torch.utils.data import DataLoader
 from resnet_backbones import WeightsError, get_spec
 from resnet_backbones.weights import resolve_weights
 
-from . import get_config_class, get_task_class
-from .config import ConfigError, TrainConfig, build, load_yaml, split_values
+from . import get_config_class, get_task_class, get_task_entry
+from .config import ConfigError, TrainConfig, build, find_config, is_preset, load_yaml, split_values
 from .data.io import IMAGE_EXTS, DataError
 from .engine.checkpoint import load_checkpoint
 from .engine.runtime import Runtime
 from .engine.trainer import fit
 
-# Settings that may differ when resuming (they do not change the result, only where it runs).
-RESUME_OVERRIDABLE = {"device", "workers"}
+log = logging.getLogger(__name__)
+# Settings that may differ when resuming (they do not change the result, only where it runs or what it logs).
+RESUME_OVERRIDABLE = {"device", "workers", "log_every"}
+# With random initial weights there is nothing worth protecting: train everything, at one learning rate.
+RANDOM_INIT_DEFAULTS = {"freeze_stages": 0, "norm": "bn", "backbone_lr_mult": 1.0}
 
 
 def merge_values(task: str | None, config_file: str | None, explicit: Mapping[str, Any]
                  ) -> tuple[str, dict[str, Any], set[str]]:
-    """YAML file < explicit flags. Returns (task name, values, keys the user set)."""
-    values = load_yaml(config_file) if config_file else {}
+    """Preset or YAML file < explicit flags. Returns (task name, values, keys the user set).
+
+    The values of a bundled preset count as defaults, not as set by the user (so, e.g., random
+    weights still unfreeze a preset's frozen stages, see :func:`follow_weights`).
+    """
+    path = find_config(config_file) if config_file else None
+    values = load_yaml(path) if path else {}
     file_task = values.pop("task", None)
     if task and file_task and task != file_task:
-        raise ConfigError(f"--task {task} contradicts 'task: {file_task}' in {config_file}")
+        raise ConfigError(f"the {task} command contradicts 'task: {file_task}' in {path}")
+    user_keys = set(explicit) | (set() if path is None or is_preset(path) else set(values))
     values.update(explicit)
-    return task or file_task or "classification", values, set(values)
+    return task or file_task or "classification", values, user_keys
 
 
 def apply_demo_defaults(task: str, values: dict[str, Any], user_keys: set[str]) -> None:
     """Without --data, use the task's demo defaults for what the user left unset."""
     if values.get("data") is not None:
         return
-    import importlib
-
-    demo = getattr(importlib.import_module(f"tasks.{task}.config"), "DEMO_DEFAULTS", {})
-    applied = {k: v for k, v in demo.items() if k not in user_keys}
+    applied = {k: v for k, v in get_task_entry(task).demo_defaults.items() if k not in user_keys}
     values.update(applied)
     if applied:
-        print("no --data: training on the generated demo set with "
-              + ", ".join(f"{k}={v}" for k, v in applied.items()))
+        log.info("no --data: training on the generated demo set with %s",
+                 ", ".join(f"{k}={v}" for k, v in applied.items()))
 
 
-def check_default_weights(task_cfg, user_keys: set[str]) -> dict[str, str]:
-    """Default ImageNet weights that cannot be had offline fall back to random init, loudly.
-
-    Weights the user asked for are never replaced: their error stops the run.
-    """
-    if "weights" in user_keys or task_cfg.weights is None:
+def check_weights(task_cfg, user_keys: set[str]) -> dict[str, str]:
+    """Fail now on weights that cannot be had; default ImageNet weights unavailable offline fall back
+    to random init, loudly. Weights the user asked for are never replaced."""
+    if task_cfg.weights is None:
         return {}
     try:
         resolve_weights(get_spec(task_cfg.backbone), task_cfg.weights)
         return {}
     except WeightsError as e:
-        msg = (f"WARNING: default weights '{task_cfg.weights}' for {task_cfg.backbone} are not available "
+        if "weights" in user_keys:
+            raise
+        msg = (f"default weights '{task_cfg.weights}' for {task_cfg.backbone} are not available "
                f"({e}). Falling back to RANDOM initialisation; results will be far below pretrained ones. "
                "Pass --weights PATH to use a local file, or --weights none to silence this.")
-        print("\n" + "!" * 100 + "\n" + msg + "\n" + "!" * 100 + "\n")
+        log.warning("\n%s\nWARNING: %s\n%s", "!" * 100, msg, "!" * 100)
         task_cfg.weights = None
         return {"weights_fallback": msg}
 
 
+def follow_weights(train_cfg: TrainConfig, task_cfg, user_keys: set[str]) -> None:
+    """Random initial weights: nothing frozen, BatchNorm trains, backbone at the full LR (unless set)."""
+    if task_cfg.weights is not None:
+        return
+    chosen = {}
+    for key, value in RANDOM_INIT_DEFAULTS.items():
+        cfg = train_cfg if hasattr(train_cfg, key) else task_cfg
+        if key not in user_keys and hasattr(cfg, key) and getattr(cfg, key) != value:
+            setattr(cfg, key, value)
+            chosen[key] = value
+    if chosen:
+        log.info("random initial weights, so %s (set them to override)",
+                 ", ".join(f"{k}={v}" for k, v in chosen.items()))
+
+
+def check_data(task_cfg) -> None:
+    folders = [task_cfg.data] if isinstance(task_cfg.data, str) else task_cfg.data or []
+    for folder in folders:
+        if not Path(folder).expanduser().is_dir():
+            raise DataError(f"data folder {folder} not found")
+
+
 def finetune(task: str | None, config_file: str | None, explicit: Mapping[str, Any],
-             resume: str | None = None) -> dict[str, Any]:
+             resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Check everything that can be checked without writing (values, device, backbone, data folder,
+    weights), then train into a run folder (see :func:`tasks.engine.trainer.fit`)."""
     if resume is not None:
         return _resume(resume, explicit)
     name, values, user_keys = merge_values(task, config_file, explicit)
     cfg_cls = get_config_class(name)
     apply_demo_defaults(name, values, user_keys)
     train_cfg, task_cfg = split_values(values, cfg_cls)
-    get_spec(task_cfg.backbone)  # unknown name: fail before anything is written
-    notes = check_default_weights(task_cfg, user_keys)
-    run_dir = Path(train_cfg.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    train_cfg.out = str(run_dir)
-    task_obj = get_task_class(name)(task_cfg, seed=train_cfg.seed, run_dir=run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"run folder: {run_dir}")
-    return fit(task_obj, train_cfg, run_dir, notes=notes)
+    Runtime.create(train_cfg.device, train_cfg.amp, train_cfg.channels_last)
+    get_spec(task_cfg.backbone)
+    check_data(task_cfg)
+    notes = check_weights(task_cfg, user_keys)
+    follow_weights(train_cfg, task_cfg, user_keys)
+    task_obj = get_task_class(name)(task_cfg, seed=train_cfg.seed)
+    return fit(task_obj, train_cfg, overwrite=overwrite, notes=notes)
 
 
 def _resume(resume: str, explicit: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,9 +127,8 @@ def _resume(resume: str, explicit: Mapping[str, Any]) -> dict[str, Any]:
     tc = {**ckpt["train_config"], **{k: v for k, v in explicit.items() if k in RESUME_OVERRIDABLE}}
     train_cfg = build(TrainConfig, tc)
     task_cfg = build(get_config_class(ckpt["task"]), ckpt["task_config"])
-    run_dir = Path(ckpt["path"]).parent
-    task_obj = get_task_class(ckpt["task"])(task_cfg, seed=train_cfg.seed, run_dir=run_dir)
-    return fit(task_obj, train_cfg, run_dir, resume=ckpt["path"], notes=ckpt.get("notes"))
+    task_obj = get_task_class(ckpt["task"])(task_cfg, seed=train_cfg.seed)
+    return fit(task_obj, train_cfg, resume=ckpt["path"], notes=ckpt.get("notes"))
 
 
 def restore(checkpoint: str | Path, device: str = "auto"):
@@ -144,6 +171,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def predict(checkpoint: str, inputs: list[str], out: str, device: str = "auto") -> list[dict]:
-    task, model, rt, _ = restore(checkpoint, device)
     paths = collect_images(inputs)
+    Path(out).mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after the model ran
+    task, model, rt, _ = restore(checkpoint, device)
     return task.predict(model, paths, Path(out), rt)

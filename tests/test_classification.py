@@ -46,7 +46,8 @@ def test_seeded_stratified_split_without_val(tiny_cls_data, tmp_path):
     assert set(per_class.values()) == {3}  # stratified: same count per class
 
 
-def test_nested_classes(tmp_path, tiny_cls_data, capsys):
+def test_nested_classes(tmp_path, tiny_cls_data, caplog):
+    caplog.set_level("INFO")
     for alphabet in ("greek", "latin"):
         for ch in ("a", "b"):
             shutil.copytree(tiny_cls_data / "train" / "circle", tmp_path / "n" / alphabet / ch)
@@ -54,7 +55,7 @@ def test_nested_classes(tmp_path, tiny_cls_data, capsys):
     assert {s.label for s in samples} == {"greek/a", "greek/b", "latin/a", "latin/b"}
     flat = scan_classes(tmp_path / "n", nested=False)  # like ImageFolder: subfolders belong to the class
     assert {s.label for s in flat} == {"greek", "latin"}
-    assert "--nested-classes" in capsys.readouterr().out
+    assert "--nested-classes" in caplog.text
     with pytest.raises(DataError, match="drop --nested-classes"):
         scan_classes(tiny_cls_data / "train", nested=True)
 
@@ -67,7 +68,8 @@ def test_class_mismatch_is_an_error(tiny_cls_data, tmp_path):
         load_splits(root, False, 0.2, 0, False)
 
 
-def test_corrupt_image_error_and_skip(tiny_cls_data, tmp_path, capsys):
+def test_corrupt_image_error_and_skip(tiny_cls_data, tmp_path, caplog):
+    caplog.set_level("INFO")
     root = tmp_path / "d"
     shutil.copytree(tiny_cls_data, root)
     bad = root / "train" / "circle" / "broken.jpg"
@@ -76,7 +78,7 @@ def test_corrupt_image_error_and_skip(tiny_cls_data, tmp_path, capsys):
         load_splits(root, False, 0.2, 0, skip_bad=False)
     train, _ = load_splits(root, False, 0.2, 0, skip_bad=True)
     assert bad not in [s.path for s in train] and len(train) == 24
-    assert "skipped 1 unreadable" in capsys.readouterr().out
+    assert "skipped 1 unreadable" in caplog.text
 
 
 def test_grayscale_rgba_gif_are_read_as_rgb(tmp_path):
@@ -109,7 +111,7 @@ def test_few_shot_subset_is_seeded_and_saved(tiny_cls_data, tmp_path):
 def test_frozen_stages_unchanged_and_head_trains(tiny_cls_data, tmp_path):
     task = make_task(tiny_cls_data, tmp_path / "r", freeze_stages=3)
     torch.manual_seed(0)
-    fit(task, train_cfg(), tmp_path / "r")
+    fit(task, train_cfg(), run_dir=tmp_path / "r")
     ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
     torch.manual_seed(0)  # rebuild the run's initial model
     fresh = make_task(tiny_cls_data, tmp_path / "x", freeze_stages=3)
@@ -124,16 +126,17 @@ def test_frozen_stages_unchanged_and_head_trains(tiny_cls_data, tmp_path):
     assert not torch.equal(init["backbone.layer4.0.conv1.weight"], trained["backbone.layer4.0.conv1.weight"])
 
 
-def test_linear_probe_uses_feature_cache(tiny_cls_data, tmp_path, capsys):
+def test_linear_probe_uses_feature_cache(tiny_cls_data, tmp_path, caplog):
+    caplog.set_level("INFO")
     task = make_task(tiny_cls_data, tmp_path / "r", freeze_stages=4)
-    result = fit(task, train_cfg(epochs=2, lr=1e-2), tmp_path / "r")
-    assert "cached features of 24 train / 12 val" in capsys.readouterr().out
+    result = fit(task, train_cfg(epochs=2, lr=1e-2), run_dir=tmp_path / "r")
+    assert "cached features of 24 train / 12 val" in caplog.text
     assert len(result["history"]) == 2 and 0 <= result["history"][-1]["top1"] <= 1
 
 
 def test_prototype_head_needs_no_training(tiny_cls_data, tmp_path):
     task = make_task(tiny_cls_data, tmp_path / "r", head="prototype")
-    result = fit(task, train_cfg(epochs=5), tmp_path / "r")
+    result = fit(task, train_cfg(epochs=5), run_dir=tmp_path / "r")
     assert len(result["history"]) == 1 and "train_loss" not in result["history"][0]
     model = torch.load(tmp_path / "r" / "best.pt", weights_only=True)["model"]
     w = model["head.weight"]
@@ -151,15 +154,16 @@ def test_imprint_head_starts_at_class_means(tiny_cls_data, tmp_path):
     assert torch.allclose(model.head.weight.norm(dim=1), torch.ones(4), atol=1e-5)
 
 
-def test_unfreeze_schedule(tiny_cls_data, tmp_path, capsys):
+def test_unfreeze_schedule(tiny_cls_data, tmp_path, caplog):
+    caplog.set_level("INFO")
     task = make_task(tiny_cls_data, tmp_path / "r", freeze_stages=4, unfreeze_after=1)
     torch.manual_seed(0)
     task.build_datasets()
     before = task.build_model().backbone.conv1.weight.clone()
     torch.manual_seed(0)
     task = make_task(tiny_cls_data, tmp_path / "r", freeze_stages=4, unfreeze_after=1)
-    fit(task, train_cfg(epochs=2), tmp_path / "r")
-    assert "unfreezes the whole backbone" in capsys.readouterr().out
+    fit(task, train_cfg(epochs=2), run_dir=tmp_path / "r")
+    assert "unfreezes the whole backbone" in caplog.text
     after = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["model"]["backbone.conv1.weight"]
     assert not torch.equal(before, after)
 

@@ -208,7 +208,8 @@ def write_coco(root: Path, images: list[tuple[str, int, int]], annotations: list
     return path
 
 
-def test_coco_clips_and_drops_degenerate_boxes(tmp_path, capsys):
+def test_coco_clips_and_drops_degenerate_boxes(tmp_path, caplog):
+    caplog.set_level("INFO")
     ann = write_coco(tmp_path, [("a.png", 40, 30), ("b.png", 20, 20)], [
         {"image_id": 1, "category_id": 3, "bbox": [-5, 2, 20, 10]},   # clipped on the left
         {"image_id": 1, "category_id": 7, "bbox": [30, 20, 50, 50]},  # clipped right and bottom
@@ -217,7 +218,7 @@ def test_coco_clips_and_drops_degenerate_boxes(tmp_path, capsys):
         {"image_id": 1, "category_id": 3, "bbox": [3, 4, 5, -2]},     # negative height: dropped
     ])
     split = load_coco(ann, [tmp_path / "images"])
-    assert "clipped 2 box(es)" in capsys.readouterr().out
+    assert "clipped 2 box(es)" in caplog.text
     assert [a["bbox"] for a in split.annotations[1]] == [[0, 2, 15, 12], [30, 20, 40, 30]]
     assert split.annotations[2] == []  # image without boxes stays, as a negative
     ds = CocoDetection(split, ["cat", "dog"])
@@ -228,10 +229,11 @@ def test_coco_clips_and_drops_degenerate_boxes(tmp_path, capsys):
     assert ds[1][1]["boxes"].shape == (0, 4)
 
 
-def test_coco_dropped_count_is_printed(tmp_path, capsys):
+def test_coco_dropped_count_is_printed(tmp_path, caplog):
+    caplog.set_level("INFO")
     ann = write_coco(tmp_path, [("a.png", 40, 30)], [{"image_id": 1, "category_id": 3, "bbox": [5, 5, 0, 8]}])
     load_coco(ann, [tmp_path / "images"])
-    assert "dropped 1 of zero or negative size" in capsys.readouterr().out
+    assert "dropped 1 of zero or negative size" in caplog.text
 
 
 def test_coco_missing_image_names_it(tmp_path):

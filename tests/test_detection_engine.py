@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
+from tasks.config import PRESETS
 from tasks.detection.demo import write_demo
 
 # Tiny but complete: every flag below is a real CLI flag of --task detection.
@@ -152,7 +153,7 @@ def test_demo_learns_from_random_init(head, tmp_path):
     assert best > 0.3, f"demo AP50 {best:.3f}"
 
 
-@pytest.mark.parametrize("preset", sorted(Path(__file__).resolve().parents[1].glob("configs/detection*.yaml")),
+@pytest.mark.parametrize("preset", sorted(PRESETS.glob("detection*.yaml")),
                          ids=lambda p: p.name)
 def test_presets_are_valid_detection_configs(preset):
     from tasks.config import load_yaml, split_values

@@ -23,5 +23,5 @@ def test_classification_fit_on_cuda(tiny_cls_data, tmp_path):
     from tasks.engine.trainer import fit
 
     task = ClassificationTask(ClassificationConfig(data=str(tiny_cls_data), weights=None, img_size=32), run_dir=tmp_path)
-    result = fit(task, TrainConfig(epochs=2, batch_size=8, workers=0, device="cuda"), tmp_path)
+    result = fit(task, TrainConfig(epochs=2, batch_size=8, workers=0, device="cuda"), run_dir=tmp_path)
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result["history"])

@@ -6,6 +6,7 @@ Layout: ``DATA/train/<class>/*`` and ``DATA/val/<class>/*``; without ``val/`` (o
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from resnet_backbones import Preprocessing
 
 from ..data.io import IMAGE_EXTS, DataError, check_readable, read_rgb
 from ..data.seeding import sample_seed, stratified_pick
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,8 @@ def scan_classes(root: Path, nested: bool) -> list[Sample]:
         raise DataError(f"no images found in class folders under {root} (expected {root}/<class>/*.jpg"
                         f"{'' if not nested else ' two levels deep'})")
     if not nested and all(len(s.path.relative_to(root).parts) > 2 for s in samples):
-        print(f"note: every class folder under {root} holds its images in subfolders; if those subfolders "
-              "are the classes (e.g. alphabet/character), pass --nested-classes")
+        log.info(f"note: every class folder under {root} holds its images in subfolders; if those subfolders "
+                 "are the classes (e.g. alphabet/character), pass --nested-classes")
     return samples
 
 
@@ -63,7 +66,7 @@ def drop_unreadable(samples: list[Sample], skip: bool) -> list[Sample]:
         raise DataError(f"{len(bad)} unreadable image(s): {names}{' …' if len(bad) > 3 else ''}; "
                         "remove them or pass --skip-bad-images")
     if bad:
-        print(f"skipped {len(bad)} unreadable image(s) (--skip-bad-images)")
+        log.info(f"skipped {len(bad)} unreadable image(s) (--skip-bad-images)")
     bad_set = set(bad)
     return [s for s in samples if s not in bad_set]
 

@@ -6,6 +6,7 @@ published one-shot runs.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from .episodes import sample_episodes, usable_groups
 from .fewshot import run_episodes
 from .model import extract_features
 from .omniglot_runs import read_runs, runs_as_episodes
+
+log = logging.getLogger(__name__)
 
 PROTOCOLS = ("across-classes", "within-alphabet")
 
@@ -62,8 +65,8 @@ def fewshot_eval(checkpoint: str, data: str, *, ways: int, shots: int, queries: 
     if seen and not include_seen:
         samples = [s for s in samples if s.label not in seen]
         classes = sorted(set(classes) - seen)
-        print(f"left out {len(seen)} class(es) of {data} that the model was trained on (e.g. "
-              f"{sorted(seen)[:2]}); --include-seen keeps them")
+        log.info(f"left out {len(seen)} class(es) of {data} that the model was trained on (e.g. "
+                 f"{sorted(seen)[:2]}); --include-seen keeps them")
     if not classes:
         raise DataError(f"every class of {data} was seen in training; pass --include-seen to use them anyway")
     result: dict[str, Any] = {"protocol": protocol, "ways": ways, "shots": shots, "queries": queries,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from resnet_backbones import Preprocessing, create_backbone
 from ..base import Task
 from ..data.io import DataError, read_rgb
 from ..data.seeding import stratified_pick
+from ..engine.callbacks import FreezeSchedule
 from ..engine.runtime import Runtime
 from .config import ClassificationConfig
 from .data import ImageFolderDataset, Sample, eval_transform, load_folders, scan_classes, train_transform
@@ -26,10 +28,11 @@ from .demo import make_classification_demo
 from .model import ImageClassifier, extract_features
 from .visuals import save_confusion_matrix
 
+log = logging.getLogger(__name__)
+
 
 class ClassificationTask(Task):
     name = "classification"
-    config_cls = ClassificationConfig
     primary_metric = "top1"
 
     def __init__(self, cfg: ClassificationConfig, seed: int = 0, run_dir: Path | None = None) -> None:
@@ -48,7 +51,7 @@ class ClassificationTask(Task):
         train, val, merge = load_folders(self.data_roots(), self.cfg.nested_classes, self.cfg.val_fraction,
                                          self.seed, self.cfg.skip_bad_images)
         if len(merge.folders) > 1:
-            print(merge.summary())
+            log.info(merge.summary())
             if self.run_dir is not None:
                 (self.run_dir / "data_folders.json").write_text(json.dumps(dataclasses.asdict(merge), indent=1))
         self.classes = sorted({s.label for s in train})
@@ -67,12 +70,12 @@ class ClassificationTask(Task):
         chosen = [train[i] for i in picked]
         short = sorted({s.label for s in train if sum(t.label == s.label for t in chosen) < k})
         if short:
-            print(f"few-shot: {len(short)} class(es) have fewer than {k} training images and keep all they have")
+            log.info(f"few-shot: {len(short)} class(es) have fewer than {k} training images and keep all they have")
         if self.run_dir is not None:
             subset = {c: [str(s.path) for s in chosen if s.label == c] for c in self.classes}
             (self.run_dir / "fewshot_subset.json").write_text(json.dumps(
                 {"shots": k, "seed": self.seed, "classes": subset}, indent=1))
-        print(f"few-shot: {k} image(s) per class, {len(chosen)} in all (list in fewshot_subset.json)")
+        log.info(f"few-shot: {k} image(s) per class, {len(chosen)} in all (list in fewshot_subset.json)")
         return chosen
 
     def _preprocessing(self) -> Preprocessing:
@@ -91,7 +94,7 @@ class ClassificationTask(Task):
     def build_model(self) -> nn.Module:
         freeze = 4 if self.cfg.head == "prototype" else self.cfg.freeze_stages
         if self.cfg.head == "prototype" and self.cfg.freeze_stages != 4:
-            print("head=prototype trains nothing: the backbone is used frozen")
+            log.info("head=prototype trains nothing: the backbone is used frozen")
         bb = create_backbone(self.cfg.backbone, weights=self.cfg.weights, out_features=("c5",),
                              freeze_stages=freeze, norm=self.cfg.norm)
         if self.cfg.weights is not None:
@@ -106,7 +109,7 @@ class ClassificationTask(Task):
             plain = ImageFolderDataset(self._train_samples, self.classes, val_ds.transform, self.seed)
             feats, labels = extract_features(model, self._loader(plain), rt)
             model.set_prototypes(feats, labels)
-            print(f"{self.cfg.head}: head set to the class means of {len(plain)} training images")
+            log.info(f"{self.cfg.head}: head set to the class means of {len(plain)} training images")
         if not (self.backbone_frozen and self.cfg.cache_features):
             return model, train_ds, val_ds
         # Frozen backbone: features never change, so compute them once (without augmentation)
@@ -114,17 +117,14 @@ class ClassificationTask(Task):
         cached = []
         for ds in (ImageFolderDataset(self._train_samples, self.classes, val_ds.transform, self.seed), val_ds):
             cached.append(TensorDataset(*extract_features(model, self._loader(ds), rt)))
-        print(f"backbone frozen: cached features of {len(cached[0])} train / {len(cached[1])} val images")
+        log.info(f"backbone frozen: cached features of {len(cached[0])} train / {len(cached[1])} val images")
         return model.head, cached[0], cached[1]
 
     def _loader(self, ds) -> DataLoader:
         return DataLoader(ds, batch_size=64, shuffle=False, num_workers=0)
 
-    def on_epoch_start(self, model, epoch: int) -> None:
-        after = self.cfg.unfreeze_after
-        if after is not None and epoch >= after and model.backbone.freeze_stages != 0:
-            model.backbone.freeze(0)
-            print(f"epoch {epoch + 1}: freeze schedule unfreezes the whole backbone")
+    def callbacks(self) -> list:
+        return [] if self.cfg.unfreeze_after is None else [FreezeSchedule(self.cfg.unfreeze_after)]
 
     def training_step(self, model, batch) -> dict[str, torch.Tensor]:
         x, y = batch

@@ -55,10 +55,11 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def check_readable(path: Path) -> bool:
-    """Cheap header check used to find bad files before training starts."""
+    """Decode the whole file, as training will: a truncated JPEG passes a header check
+    (``Image.verify``) and only fails once its last rows are read."""
     try:
         with Image.open(path) as im:
-            im.verify()
+            im.load()
         return True
     except Exception:
         return False

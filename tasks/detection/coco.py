@@ -13,6 +13,7 @@ back to their ids for COCO output. Images without annotations are kept as negati
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,8 @@ from torch.utils.data import Dataset
 
 from tasks.data.io import DataError, read_rgb
 from tasks.data.seeding import sample_seed, stratified_pick
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,7 +124,7 @@ def load_coco(path: Path, image_dirs: list[Path]) -> CocoSplit:
         raise DataError(f"{path}: 'annotations' must be a list of objects")
     ids = [a.get("id") for a in raw]
     if None in ids or len(set(ids)) != len(ids):  # pycocotools needs unique ids
-        print(f"{path.name}: annotation ids missing or repeated; numbering them 1…{len(raw)}")
+        log.info(f"{path.name}: annotation ids missing or repeated; numbering them 1…{len(raw)}")
         ids = list(range(1, len(raw) + 1))
     annotations: dict[int, list[dict]] = {i: [] for i in by_id}
     clipped = dropped = 0
@@ -148,7 +151,7 @@ def load_coco(path: Path, image_dirs: list[Path]) -> CocoSplit:
             "id": int(ann_id), "category_id": int(a["category_id"]), "bbox": [cx1, cy1, cx2, cy2],
             "iscrowd": int(a.get("iscrowd", 0)), "area": float(a.get("area") or (cx2 - cx1) * (cy2 - cy1))})
     if clipped or dropped:
-        print(f"{path.name}: clipped {clipped} box(es) to their image, dropped {dropped} of zero or negative size")
+        log.info(f"{path.name}: clipped {clipped} box(es) to their image, dropped {dropped} of zero or negative size")
     return CocoSplit(str(path), categories, images, annotations)
 
 
@@ -184,7 +187,7 @@ def sample_shots(split: CocoSplit, shots: int, seed: int) -> tuple[CocoSplit, di
                  for c in split.categories}
     short = {n: len(v) for n, v in per_class.items() if len(v) < shots}
     if short:
-        print(f"--shots {shots}: fewer instances available for {short}; using all of them")
+        log.info(f"--shots {shots}: fewer instances available for {short}; using all of them")
     image_ids = {image_of[a["id"]] for a in chosen}
     record = {"shots": shots, "seed": seed, "source": split.source, "image_ids": sorted(image_ids),
               "annotation_ids": per_class}

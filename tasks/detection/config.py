@@ -4,6 +4,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
+from .. import register_task
 from ..config import TaskConfig, option
 
 HEADS = ("fpn", "c4")
@@ -18,6 +19,7 @@ DEMO_DEFAULTS = {"img_size": 128, "anchor_sizes": (16, 32, 64, 128, 256), "fpn_c
 TRAIN_ONLY = ("all", "predictor")
 
 
+@register_task("detection", task="tasks.detection.task:DetectionTask", demo_defaults=DEMO_DEFAULTS)
 @dataclass
 class DetectionConfig(TaskConfig):
     """Faster R-CNN on a registry backbone, with an FPN or a ResNet-C4 box head.
@@ -32,32 +34,34 @@ class DetectionConfig(TaskConfig):
     norm: str = option("frozen_bn", "Backbone normalisation (frozen_bn suits the small detection batches).",
                        ("bn", "frozen_bn"))
     freeze_stages: int = option(1, "0 = train all; N = freeze stem + layer1…N (C4: of the trunk; 4 also "
-                                   "freezes stage 5 in the box head).")
+                                   "freezes stage 5 in the box head).", ge=0, le=4)
     img_size: int = option(800, "Min side images are resized to inside the model, max side ≤ 5/3 of it "
                                 "(torchvision/detectron2 use 800; 512 is much faster on a CPU).")
     head: str = option("fpn", "Box head: fpn (P2–P6 FPN, MLP box head) or c4 (RPN on C4, stage 5 as box head).",
                        HEADS)
     anchor_sizes: tuple[int, ...] = option((32, 64, 128, 256, 512),
                                      "Anchor sizes in pixels of the resized image: one per FPN level P2…P6; "
-                                     "all on C4 for --head c4.")
-    fpn_channels: int = option(256, "FPN width (--head fpn).")
-    box_head_dim: int = option(1024, "Width of the two-FC box head (--head fpn).")
+                                     "all on C4 for --head c4.", ge=1)
+    fpn_channels: int = option(256, "FPN width (--head fpn).", ge=1)
+    box_head_dim: int = option(1024, "Width of the two-FC box head (--head fpn).", ge=1)
     roi_pool_size: typing.Optional[int] = option(None, "RoIAlign output side (default: fpn 7, c4 14; stage 5 "
-                                                 "halves it for c4).")
-    rpn_batch_size: int = option(64, "Anchors sampled per image for the RPN loss.")
+                                                 "halves it for c4).", ge=1)
+    rpn_batch_size: int = option(64, "Anchors sampled per image for the RPN loss.", ge=1)
     roi_batch_size: typing.Optional[int] = option(None, "RoIs sampled per image for the box head loss "
-                                                  "(default: fpn 128, c4 64).")
-    proposals: typing.Optional[int] = option(None, "Proposals kept per image at inference (default: fpn 300, c4 100).")
+                                                  "(default: fpn 128, c4 64).", ge=1)
+    proposals: typing.Optional[int] = option(None, "Proposals kept per image at inference (default: fpn 300, c4 100).", ge=1)
     images: typing.Optional[str] = option(None, "Image folder (default: DATA/images, else DATA/<split>, else DATA).")
     train_annotations: typing.Optional[str] = option(None, "COCO JSON of the train split "
                                                      "(default: DATA/annotations/train.json).")
     val_annotations: typing.Optional[str] = option(None, "COCO JSON of the val split "
                                                    "(default: DATA/annotations/val.json).")
-    val_fraction: float = option(0.2, "Share of the train images held out (seeded) when there is no val JSON.")
+    val_fraction: float = option(0.2, "Share of the train images held out (seeded) when there is no val JSON.",
+                                gt=0, lt=1)
     init_from: typing.Optional[str] = option(None, "Start from a detection checkpoint (best.pt/last.pt) trained on "
                                              "other classes; rows of classes with the same name are kept.")
     train_only: str = option("all", "Train everything (all) or only the box classifier/regressor "
                              "(predictor: TFA few-shot fine-tuning, everything else frozen).", TRAIN_ONLY)
     cosine_classifier: bool = option(False, "Cosine-similarity box classifier (TFA w/cos).")
-    cosine_scale: float = option(20.0, "Temperature of the cosine classifier's logits.")
-    draw_score: float = option(0.5, "Minimum score of the boxes drawn in PNGs (the JSON keeps all).")
+    cosine_scale: float = option(20.0, "Temperature of the cosine classifier's logits.", gt=0)
+    draw_score: float = option(0.5, "Minimum score of the boxes drawn in PNGs (the JSON keeps all).",
+                               ge=0, le=1)

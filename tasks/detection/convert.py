@@ -64,10 +64,15 @@ def masks_to_coco(masks_dir: Path, out: Path, images_dir: Path | None = None,
                   category_names: list[str] | None = None) -> dict[str, Any]:
     """Write a COCO JSON for the instance masks in ``masks_dir`` and return counts.
 
-    Example:
-        >>> summary = masks_to_coco(Path("masks"), Path("annotations/train.json"), Path("images"))
-        >>> sorted(summary)
-        ['annotations', 'categories', 'empty_images', 'images', 'out']
+    Example (two objects, 1 and 2, in one mask):
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> mask = np.zeros((8, 8), np.uint8); mask[1:3, 1:4] = 1; mask[5:7, 4:8] = 2
+        >>> (root / "masks").mkdir(); Image.fromarray(mask).save(root / "masks" / "a.png")
+        >>> summary = masks_to_coco(root / "masks", root / "annotations" / "train.json")
+        >>> summary["images"], summary["annotations"], summary["categories"]
+        (1, 2, {'object': 2})
     """
     masks_dir, out = Path(masks_dir), Path(out)
     images_dir = Path(images_dir) if images_dir is not None else None

@@ -66,7 +66,8 @@ def write_demo(root: Path, seed: int, n_train: int = 160, n_val: int = 48) -> Pa
     """Write the demo set under ``root`` (reused if already written alike); return ``root``.
 
     Example:
-        >>> root = write_demo(Path("demo"), seed=0, n_train=4, n_val=2)
+        >>> import tempfile
+        >>> root = write_demo(Path(tempfile.mkdtemp()) / "demo", seed=0, n_train=4, n_val=2)
         >>> sorted(p.name for p in (root / "annotations").iterdir())
         ['train.json', 'val.json']
     """

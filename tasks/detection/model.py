@@ -32,6 +32,7 @@ class Detector(FasterRCNN):
         preprocessing: mean/std the backbone's weights expect (overrides ``parts.preprocessing``).
 
     Example:
+        >>> import torch
         >>> m = build_detector("resnet18", None, "c4", num_classes=3, min_size=64).eval()
         >>> out = m([torch.rand(3, 64, 80)])
         >>> sorted(out[0])

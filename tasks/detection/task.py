@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from .model import MAX_SIZE_RATIO, Detector, build_detector
 from .transforms import train_transform
 from .visualize import draw_boxes
 
+log = logging.getLogger(__name__)
+
 PREDICT_BATCH = 4
 VISUALS = 4  # val images drawn each epoch
 # Settings a checkpoint passed to --init-from must share with this run (they shape the weights).
@@ -33,7 +36,6 @@ PREDICTOR = "roi_heads.box_predictor."
 
 class DetectionTask(Task):
     name = "detection"
-    config_cls = DetectionConfig
     primary_metric = "ap50"
 
     def __init__(self, cfg: DetectionConfig, seed: int = 0, run_dir: Path | None = None) -> None:
@@ -67,7 +69,7 @@ class DetectionTask(Task):
         val_ann, val_dirs = resolve_layout(root, "val", cfg.val_annotations, cfg.images)
         if cfg.val_annotations or val_ann.is_file():
             return train, load_coco(val_ann, val_dirs)
-        print(f"no {val_ann}: holding out {cfg.val_fraction:.0%} of the train images for validation (seeded)")
+        log.info(f"no {val_ann}: holding out {cfg.val_fraction:.0%} of the train images for validation (seeded)")
         return holdout(train, cfg.val_fraction, self.seed)
 
     def build_datasets(self) -> tuple[CocoDetection, CocoDetection]:
@@ -76,10 +78,10 @@ class DetectionTask(Task):
         if self.cfg.shots is not None:
             train = self._few_shot(train)
         names = self.class_names
-        print(f"detection data: {len(train.images)} train images ({train.num_boxes} boxes), "
-              f"{len(val.images)} val images ({val.num_boxes} boxes); {len(names)} classes: {', '.join(names)}")
+        log.info(f"detection data: {len(train.images)} train images ({train.num_boxes} boxes), "
+                 f"{len(val.images)} val images ({val.num_boxes} boxes); {len(names)} classes: {', '.join(names)}")
         if val.num_boxes == 0:
-            print("warning: the val split has no boxes, so AP is undefined (-1)")
+            log.warning("the val split has no boxes, so AP is undefined (-1)")
         size = (self.cfg.img_size, round(self.cfg.img_size * MAX_SIZE_RATIO))
         return (CocoDetection(train, names, train_transform(), self.seed, train_size=size),
                 CocoDetection(val, names))
@@ -92,8 +94,8 @@ class DetectionTask(Task):
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "fewshot_subset.json").write_text(json.dumps(record, indent=1))
-        print(f"few-shot: {k} box(es) per class on {len(subset.images)} image(s) "
-              "(ids in fewshot_subset.json); other boxes of those images are not used")
+        log.info(f"few-shot: {k} box(es) per class on {len(subset.images)} image(s) "
+                 "(ids in fewshot_subset.json); other boxes of those images are not used")
         return subset
 
     def collate_fn(self):
@@ -108,8 +110,8 @@ class DetectionTask(Task):
         if init is not None and self.preprocessing is None:
             self.preprocessing = Preprocessing.from_dict(init["task_meta"]["preprocessing"])
         if cfg.norm == "frozen_bn" and cfg.weights is None and init is None and self.preprocessing is None:
-            print("warning: --norm frozen_bn with random initialisation leaves the backbone without "
-                  "normalisation; use --norm bn when training from scratch")
+            log.warning("--norm frozen_bn with random initialisation leaves the backbone without "
+                        "normalisation; use --norm bn when training from scratch")
         model = build_detector(
             cfg.backbone, None if init is not None else cfg.weights, cfg.head, len(self.categories) + 1,
             min_size=cfg.img_size, freeze_stages=cfg.freeze_stages, norm=cfg.norm, anchor_sizes=cfg.anchor_sizes,
@@ -122,7 +124,7 @@ class DetectionTask(Task):
         if cfg.train_only == "predictor":
             model.train_only_predictor()
             n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            print(f"train-only predictor: {n:,} trainable parameters (box classifier + regressor)")
+            log.info(f"train-only predictor: {n:,} trainable parameters (box classifier + regressor)")
         return model
 
     def _init_checkpoint(self) -> dict[str, Any]:
@@ -152,8 +154,8 @@ class DetectionTask(Task):
         predictor = {k[len(PREDICTOR):]: v for k, v in state.items() if k.startswith(PREDICTOR)}
         kept = transfer_rows(model.box_predictor, predictor, src_names, self.class_names)
         new = [n for n in self.class_names if n not in kept]
-        print(f"--init-from {ckpt['path']}: detector weights loaded; predictor rows kept for "
-              f"{len(kept)} class(es) {kept}, new: {new}")
+        log.info(f"--init-from {ckpt['path']}: detector weights loaded; predictor rows kept for "
+                 f"{len(kept)} class(es) {kept}, new: {new}")
 
     def backbone_parameters(self, model: Detector) -> list[nn.Parameter]:
         return model.pretrained_parameters()

@@ -10,6 +10,8 @@ import torch
 from resnet_backbones.errors import UserError
 
 FORMAT = "resnet-tasks/1"
+# What only --resume needs: without it a ResNet-18 checkpoint is ~45 MB instead of ~134 MB.
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "loader_seed")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -54,3 +56,8 @@ def load_checkpoint(path: str | Path, prefer: str = "last") -> dict[str, Any]:
         raise UserError(f"{p} is not a resnet-tasks checkpoint (for backbone weights use --weights {p})")
     ckpt["path"] = str(p)
     return ckpt
+
+
+def strip_training_state(payload: dict[str, Any]) -> dict[str, Any]:
+    """The model and its metadata only (what evaluate/predict/--init-from read)."""
+    return {k: v for k, v in payload.items() if k not in TRAINING_STATE}

@@ -1,6 +1,7 @@
 """Fine-tuning optimiser and schedule: lower backbone LR, no decay on norms/biases, warmup + cosine."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Iterable
 
@@ -8,6 +9,11 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+
+log = logging.getLogger(__name__)
+# Warmup never takes more than this share of the run: a 1-epoch run with --warmup-epochs 1 would
+# otherwise be pure warmup and never reach its learning rate.
+MAX_WARMUP_FRACTION = 0.2
 
 
 def param_groups(model: nn.Module, backbone_params: Iterable[nn.Parameter], cfg: TrainConfig) -> list[dict]:
@@ -33,6 +39,19 @@ def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimiz
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """``warmup_epochs`` in steps, capped to :data:`MAX_WARMUP_FRACTION` of the run (said when capped).
+
+    >>> warmup_steps(1.0, 10, 100), warmup_steps(1.0, 10, 10)
+    (10, 2)
+    """
+    steps, cap = round(warmup_epochs * steps_per_epoch), int(MAX_WARMUP_FRACTION * total_steps)
+    if steps > cap:
+        log.info("warmup capped to %d of %d steps (--warmup-epochs %g would be %d): at most %d%% of the run",
+                 cap, total_steps, warmup_epochs, steps, round(100 * MAX_WARMUP_FRACTION))
+    return min(steps, cap)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int

@@ -15,6 +15,7 @@ printed). Otherwise ``--ignore-index`` (default 255) marks pixels left out of lo
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +29,8 @@ from resnet_backbones.errors import UserError
 
 from ..data.io import DataError, list_images, read_mask, read_rgb
 from ..data.seeding import sample_seed
+
+log = logging.getLogger(__name__)
 
 IMAGE_DIRS = ("images", "image", "imgs")
 MASK_DIRS = ("masks", "mask", "labels", "label")
@@ -173,8 +176,8 @@ def resolve_labels(scans: Sequence[MaskScan], num_classes: int | None, ignore_in
     binary255 = ignore_index is None and 255 in values and values <= {0, 255}
     ignore = DEFAULT_IGNORE if ignore_index is None else ignore_index
     if binary255:
-        print("note: masks hold only 0 and 255; reading them as binary (255 → class 1). "
-              "Pass --ignore-index 255 if 255 means 'ignore' instead.")
+        log.info("note: masks hold only 0 and 255; reading them as binary (255 → class 1). "
+                 "Pass --ignore-index 255 if 255 means 'ignore' instead.")
         values = {0, 1}
     if num_classes is None:
         num_classes = max((v for v in values if v != ignore), default=0) + 1

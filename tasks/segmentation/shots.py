@@ -7,6 +7,7 @@ drawing again. Subsets are nested: with one seed, the K = 2 images include the K
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ import torch
 from ..data.io import DataError
 from ..data.seeding import sample_seed
 from .data import Pair
+
+log = logging.getLogger(__name__)
 
 SUBSET_FILE = "fewshot_subset.json"
 
@@ -63,11 +66,11 @@ def few_shot_pairs(pairs: list[Pair], k: int, seed: int, run_dir: Path | None, h
     if path is not None and path.is_file():
         chosen = _read_subset(path, pairs, k, seed)
         if chosen is not None:
-            print(f"few-shot: training on the {len(chosen)} image(s) listed in {path}")
+            log.info(f"few-shot: training on the {len(chosen)} image(s) listed in {path}")
             return chosen
     chosen = sample_shots(pairs, k, seed)
     if path is not None:
         path.write_text(json.dumps({"shots": k, "seed": seed, "images": [str(p.image) for p in chosen],
                                     "masks": [str(p.mask) for p in chosen]}, indent=1))
-    print(f"few-shot: {k} of {len(pairs)} training image(s) (list in {SUBSET_FILE})")
+    log.info(f"few-shot: {k} of {len(pairs)} training image(s) (list in {SUBSET_FILE})")
     return chosen

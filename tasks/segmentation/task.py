@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from .model import build_segmentation_model, sliding_window
 from .shots import few_shot_pairs
 from .visuals import overlay, save_index_mask, save_panels
 
+log = logging.getLogger(__name__)
+
 N_VISUALS = 4
 
 
@@ -37,7 +40,6 @@ class SegmentationTask(Task):
     """Semantic segmentation with a U-Net (FPN, DeepLabV3+) decoder on a registry backbone."""
 
     name = "segmentation"
-    config_cls = SegmentationConfig
     primary_metric = "miou"
 
     def __init__(self, cfg: SegmentationConfig, seed: int = 0, run_dir: Path | None = None) -> None:
@@ -63,8 +65,8 @@ class SegmentationTask(Task):
         train, val = layout.train, layout.val
         if val is None:
             train, val = seeded_split(train, cfg.val_fraction, self.seed)
-            print(f"{layout.root} has no val split: holding out {len(val)} of {len(train) + len(val)} images "
-                  f"(seed {self.seed}, --val-fraction {cfg.val_fraction})")
+            log.info(f"{layout.root} has no val split: holding out {len(val)} of {len(train) + len(val)} images "
+                     f"(seed {self.seed}, --val-fraction {cfg.val_fraction})")
         epoch_size = len(train)
         if cfg.shots is not None:
             train = few_shot_pairs(train, cfg.shots, self.seed, self.run_dir, held_out=len(val))
@@ -74,14 +76,14 @@ class SegmentationTask(Task):
         self.class_weights = self._class_weights(class_pixel_counts(train_scan, self.labels))
         crop = min(cfg.img_size, *(min(s.height, s.width) for s in train_scan))
         if crop < cfg.img_size:
-            print(f"training crops are {crop}x{crop}: the smallest training image is smaller than "
-                  f"--img-size {cfg.img_size}")
+            log.info(f"training crops are {crop}x{crop}: the smallest training image is smaller than "
+                     f"--img-size {cfg.img_size}")
         tf = train_transform(crop, self.mean, self.std, self.labels.ignore_index, cfg.aug_scale, cfg.aug_color,
                              cfg.vflip)
         if len(train) < epoch_size:
             # An epoch still draws as many crops as the whole training split has images (the K images
             # cycled, each draw augmented anew), so --epochs is the same budget whatever --shots is.
-            print(f"few-shot: each epoch draws {epoch_size} augmented crops from the {len(train)} image(s)")
+            log.info(f"few-shot: each epoch draws {epoch_size} augmented crops from the {len(train)} image(s)")
             train = [train[i % len(train)] for i in range(epoch_size)]
         return (SegmentationDataset(train, tf, self.labels, self.seed, augment=True),
                 SegmentationDataset(val, eval_transform(self.mean, self.std), self.labels))
@@ -108,7 +110,7 @@ class SegmentationTask(Task):
             freq = counts / max(1, counts.sum())
             w = np.where(freq > 0, 1 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
             w = np.where(freq > 0, w / w[freq > 0].mean(), 1.0)
-            print("class weights (auto): " + ", ".join(f"{c} {x:.2f}" for c, x in zip(self.class_names, w)))
+            log.info("class weights (auto): " + ", ".join(f"{c} {x:.2f}" for c, x in zip(self.class_names, w)))
             return [float(x) for x in w]
         try:
             w = [float(x) for x in spec.split(",") if x.strip()]
