@@ -188,3 +188,19 @@ def test_within_alphabet_cli(checkpoint, nested_data):
     assert r.output == invoke(*args, "--ways", 3).output
     assert_user_error(invoke(*args, "--ways", 5), "the largest, 'a', has 4")
     assert_user_error(invoke(*args[:5], *args[6:], "--flat-classes", "--ways", 3), "--nested-classes")
+
+
+@pytest.mark.slow
+def test_within_alphabet_20_way_on_omniglot(shared_data, tmp_path):
+    """small2 without the alphabets small1 trained on: katakana and Sanskrit have ≥ 20 characters,
+    Tagalog (17) is skipped."""
+    root = shared_data("omniglot")
+    run = tmp_path / "run"
+    r = invoke("finetune", "--data", root / "images_background_small1", "--nested-classes", "--weights", "none",
+               "--img-size", 32, "--epochs", 1, "--batch-size", 64, "--workers", 0, "--out", run)
+    assert r.exit_code == 0, r.output
+    ev = invoke("fewshot-eval", "--checkpoint", run, "--data", root / "images_background_small2",
+                "--protocol", "within-alphabet", "--ways", 20, "--shots", 1, "--queries", 1, "--episodes", 100)
+    assert ev.exit_code == 0, ev.output
+    assert "20-way 1-shot within-alphabet" in ev.output and "in 2 of 3 alphabets" in ev.output
+    assert float(ev.output.split("accuracy ")[1].split("%")[0]) > 10.0  # chance is 5 %
