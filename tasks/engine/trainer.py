@@ -135,7 +135,7 @@ class Trainer:
             self.call("on_epoch_end", self.end_epoch(metrics))
             if self.stop:
                 break
-        if self.stop:
+        if self.stop and self.state["epoch"] < self.epochs:  # a stop during the last validation just finishes
             self.call("on_interrupt")
             raise TrainingInterrupted(self.run_dir / "last.pt", self.stop.reason)
         self.call("on_fit_end")
