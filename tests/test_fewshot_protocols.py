@@ -204,3 +204,19 @@ def test_within_alphabet_20_way_on_omniglot(shared_data, tmp_path):
     assert ev.exit_code == 0, ev.output
     assert "20-way 1-shot within-alphabet" in ev.output and "in 2 of 3 alphabets" in ev.output
     assert float(ev.output.split("accuracy ")[1].split("%")[0]) > 10.0  # chance is 5 %
+    # The same checkpoint on runs laid out like Lake et al.'s, built from katakana's drawings
+    # (binary 1-bit PNGs, as published): support = drawing 1, query = drawing 2 of 20 characters.
+    runs = tmp_path / "runs"
+    chars = sorted((root / "images_background_small2" / "Japanese_(katakana)").iterdir())[:20]
+    lines = []
+    for j, c in enumerate(np.random.default_rng(0).permutation(20), 1):
+        first, second = sorted(chars[c].iterdir())[:2]
+        for src, dst in ((first, runs / "run01" / "training" / f"class{c + 1:02d}.png"),
+                         (second, runs / "run01" / "test" / f"item{j:02d}.png")):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+        lines.append(f"run01/test/item{j:02d}.png run01/training/class{c + 1:02d}.png")
+    (runs / "run01" / "class_labels.txt").write_text("\n".join(lines) + "\n")
+    ev = invoke("fewshot-eval", "--checkpoint", run, "--runs", runs)
+    assert ev.exit_code == 0, ev.output
+    assert float(ev.output.split("run01: 20-way 1-shot, 20 queries, error ")[1].split("%")[0]) < 90.0  # chance 95 %
