@@ -259,6 +259,7 @@ device_option = click.option("--device", default="auto", show_default=True, help
 
 
 @cli.command()
+@verbosity_options
 @checkpoint_option
 @click.option("--data", required=True, metavar="DIR", help="Labelled data (its val split if it has one).")
 @device_option
@@ -277,6 +278,7 @@ def evaluate(checkpoint: str, data: str, device: str, batch_size: int, json_out:
 
 
 @cli.command()
+@verbosity_options
 @checkpoint_option
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES_OR_DIR...")
 @click.option("--out", required=True, metavar="DIR", help="Output folder.")
@@ -290,6 +292,7 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 
 
 @cli.command("fewshot-eval")
+@verbosity_options
 @checkpoint_option
 @click.option("--data", default=None, metavar="DIR", help="Folder per class (classes unseen in training).")
 @click.option("--runs", "runs_dir", default=None, metavar="DIR",

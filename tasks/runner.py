@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch.utils.data import DataLoader
 
 from resnet_backbones import WeightsError, get_spec
