@@ -43,12 +43,17 @@ class LogLines(logging.Handler):
                    file=sys.stdout)
 
 
-def set_verbosity(level: str) -> None:
-    """Send the package's log records (``tasks``, ``resnet_backbones``) to the console at ``level``."""
+def set_verbosity(level: str | None) -> None:
+    """Send the package's log records (``tasks``, ``resnet_backbones``) to the console at ``level``
+    (``None``: remove that console again)."""
     for name in ("tasks", "resnet_backbones"):
         logger = logging.getLogger(name)
-        logger.handlers = [h for h in logger.handlers if not isinstance(h, LogLines)] + [LogLines()]
-        logger.setLevel(LOG_LEVELS[level])
+        logger.handlers = [h for h in logger.handlers if not isinstance(h, LogLines)]
+        if level is not None:
+            logger.addHandler(LogLines())
+            logger.setLevel(LOG_LEVELS[level])
+        else:
+            logger.setLevel(logging.NOTSET)
 
 
 def verbosity_options(func):
@@ -66,8 +71,11 @@ class Root(click.Group):
     """Turns user errors into one line and exit code 2 (a traceback only with --debug); an
     interrupted run exits with 130 after saving its checkpoint."""
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        set_verbosity("normal")  # before parsing, so that -q/-v (parsed next) win
+        return super().make_context(info_name, args, parent, **extra)
+
     def invoke(self, ctx: click.Context):
-        set_verbosity("normal")
         try:
             return super().invoke(ctx)
         except click.exceptions.Exit:
@@ -93,6 +101,8 @@ class Root(click.Group):
                 raise
             click.echo(str(e), err=True)
             ctx.exit(130)
+        finally:
+            set_verbosity(None)  # the console belongs to this command (callers may invoke several)
 
 
 @click.group(cls=Root, context_settings={"help_option_names": ["-h", "--help"]})
@@ -249,6 +259,7 @@ device_option = click.option("--device", default="auto", show_default=True, help
 
 
 @cli.command()
+@verbosity_options
 @checkpoint_option
 @click.option("--data", required=True, metavar="DIR", help="Labelled data (its val split if it has one).")
 @device_option
@@ -267,6 +278,7 @@ def evaluate(checkpoint: str, data: str, device: str, batch_size: int, json_out:
 
 
 @cli.command()
+@verbosity_options
 @checkpoint_option
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES_OR_DIR...")
 @click.option("--out", required=True, metavar="DIR", help="Output folder.")
@@ -280,6 +292,7 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 
 
 @cli.command("fewshot-eval")
+@verbosity_options
 @checkpoint_option
 @click.option("--data", default=None, metavar="DIR", help="Folder per class (classes unseen in training).")
 @click.option("--runs", "runs_dir", default=None, metavar="DIR",

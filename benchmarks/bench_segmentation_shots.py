@@ -3,7 +3,7 @@
     python benchmarks/bench_segmentation_shots.py --data ../shared/data/isbi_membrane \\
         --shots 1,2,5,all --freeze 3,0 --epochs 6 --img-size 256
 
-Each configuration is one ``resnet-tasks finetune`` run of ``configs/isbi.yaml`` in its own
+Each configuration is one ``resnet-tasks finetune`` run of the bundled ``isbi`` preset in its own
 process, one after the other, with one torch thread and no DataLoader workers. Every run gets the
 same budget: the same epochs, and with ``--shots`` an epoch still draws as many crops as the full
 training split has images. The same seeded validation split (6 of ISBI's 30 images) scores every
@@ -36,7 +36,7 @@ def child_cpu_s() -> float:
 
 def run_one(args, shots: str, freeze: int) -> dict:
     out = Path(args.out) / f"shots{shots}_freeze{freeze}"
-    cmd = ["resnet-tasks", "finetune", "--config", str(ROOT / "configs" / "isbi.yaml"), "--data", args.data,
+    cmd = ["resnet-tasks", "finetune", "--config", "isbi", "--data", args.data,
            "--weights", "none", "--epochs", str(args.epochs), "--img-size", str(args.img_size),
            "--freeze-stages", str(freeze), "--workers", "0", "--seed", str(args.seed), "--out", str(out)]
     if shots != "all":

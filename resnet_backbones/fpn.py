@@ -4,20 +4,12 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .errors import UserError
 from .features import FeatureInfo
-
-
-class _P6MaxPool(ExtraFPNBlock):
-    """P6 = stride-2 subsampling of P5, as the RPN of Faster R-CNN FPN uses."""
-
-    def forward(self, results, x, names):
-        return results + [F.max_pool2d(results[-1], kernel_size=1, stride=2)], names + ["p6"]
 
 
 class FPN(nn.Module):
@@ -45,7 +37,7 @@ class FPN(nn.Module):
         self.in_features = tuple(in_features)
         self.out_channels = out_channels
         self.fpn = FeaturePyramidNetwork([f.channels for f in in_features], out_channels,
-                                         extra_blocks=_P6MaxPool() if p6 else None)
+                                         extra_blocks=LastLevelMaxPool() if p6 else None)
         info = [FeatureInfo("p" + f.name[1:], out_channels, f.stride) for f in in_features]
         if p6:
             info.append(FeatureInfo("p6", out_channels, in_features[-1].stride * 2))

@@ -5,7 +5,7 @@ torchvision and timm checkpoints load without key renaming.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Type
 
 from torch import nn
@@ -26,15 +26,14 @@ class BackboneSpec:
         block: torchvision ``BasicBlock`` or ``Bottleneck``.
         layers: blocks per stage (``layer1``…``layer4``).
         groups / width_per_group: ResNeXt / Wide-ResNet widths (torchvision's meaning).
-        imagenet: the weights that ``weights="imagenet"`` resolves to.
-        weights: other known weights, ``"source:tag"``.
+        imagenet: the weights that ``weights="imagenet"`` resolves to (any ``torchvision:TAG`` or
+            ``timm:NAME.TAG`` of the same architecture loads too).
     """
 
     name: str
     block: Type[nn.Module]
     layers: tuple[int, int, int, int]
     imagenet: str
-    weights: tuple[str, ...] = field(default_factory=tuple)
     groups: int = 1
     width_per_group: int = 64
 
@@ -74,28 +73,19 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
-def _tv(*tags: str) -> tuple[str, ...]:
-    return tuple(f"torchvision:{t}" for t in tags)
-
-
 # Weights: "imagenet" is torchvision's best release for the depth (V2 where it exists,
 # top-1 in README). timm tags load through the same key layout.
 register_backbone("resnet18", block=BasicBlock, layers=(2, 2, 2, 2),
-                  imagenet="torchvision:IMAGENET1K_V1",
-                  weights=_tv("IMAGENET1K_V1") + ("timm:resnet18.a1_in1k", "timm:resnet18.fb_swsl_ig1b_ft_in1k"))
+                  imagenet="torchvision:IMAGENET1K_V1")
 register_backbone("resnet34", block=BasicBlock, layers=(3, 4, 6, 3),
-                  imagenet="torchvision:IMAGENET1K_V1",
-                  weights=_tv("IMAGENET1K_V1") + ("timm:resnet34.a1_in1k", "timm:resnet34.ra4_e3600_r224_in1k"))
+                  imagenet="torchvision:IMAGENET1K_V1")
 register_backbone("resnet50", block=Bottleneck, layers=(3, 4, 6, 3),
-                  imagenet="torchvision:IMAGENET1K_V2",
-                  weights=_tv("IMAGENET1K_V1", "IMAGENET1K_V2") + ("timm:resnet50.a1_in1k",))
+                  imagenet="torchvision:IMAGENET1K_V2")
 register_backbone("resnet101", block=Bottleneck, layers=(3, 4, 23, 3),
-                  imagenet="torchvision:IMAGENET1K_V2",
-                  weights=_tv("IMAGENET1K_V1", "IMAGENET1K_V2") + ("timm:resnet101.a1h_in1k",))
+                  imagenet="torchvision:IMAGENET1K_V2")
 register_backbone("resnet152", block=Bottleneck, layers=(3, 8, 36, 3),
-                  imagenet="torchvision:IMAGENET1K_V2",
-                  weights=_tv("IMAGENET1K_V1", "IMAGENET1K_V2") + ("timm:resnet152.a1h_in1k",))
+                  imagenet="torchvision:IMAGENET1K_V2")
 register_backbone("resnext50_32x4d", block=Bottleneck, layers=(3, 4, 6, 3), groups=32, width_per_group=4,
-                  imagenet="torchvision:IMAGENET1K_V2", weights=_tv("IMAGENET1K_V1", "IMAGENET1K_V2"))
+                  imagenet="torchvision:IMAGENET1K_V2")
 register_backbone("wide_resnet50_2", block=Bottleneck, layers=(3, 4, 6, 3), width_per_group=128,
-                  imagenet="torchvision:IMAGENET1K_V2", weights=_tv("IMAGENET1K_V1", "IMAGENET1K_V2"))
+                  imagenet="torchvision:IMAGENET1K_V2")

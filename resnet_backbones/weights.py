@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -34,7 +34,6 @@ class Preprocessing:
     input_size: int = 224
     resize_size: int = 256
     source: str = "none"
-    extra: dict = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std), "input_size": self.input_size,

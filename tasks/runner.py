@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch.utils.data import DataLoader
 
 from resnet_backbones import WeightsError, get_spec
@@ -102,6 +101,8 @@ def finetune(task: str | None, config_file: str | None, explicit: Mapping[str, A
     """Check everything that can be checked without writing (values, device, backbone, data folder,
     weights), then train into a run folder (see :func:`tasks.engine.trainer.fit`)."""
     if resume is not None:
+        if config_file:
+            raise ConfigError("--resume takes its config from the checkpoint; drop --config")
         return _resume(resume, explicit)
     name, values, user_keys = merge_values(task, config_file, explicit)
     cfg_cls = get_config_class(name)

@@ -374,3 +374,31 @@ def test_sigterm_to_the_process_group_saves_exits_130_without_worker_traceback(t
     again = subprocess.run([str(exe), "finetune", "--resume", str(tmp_path / "run")], capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and "resuming" in again.stdout
+
+
+def test_a_third_party_task_registers_with_its_own_flags(monkeypatch):
+    """What a package's entry point (group resnet_tasks.tasks) does: register a config class."""
+    from dataclasses import dataclass
+
+    import tasks
+    from tasks.config import TaskConfig, option
+
+    monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))  # leave the real registry as it was
+
+    @tasks.register_task("toy", task="toy_pkg.task:ToyTask")
+    @dataclass
+    class ToyConfig(TaskConfig):
+        """A toy task."""
+
+        wiggle: int = option(3, "How much to wiggle.", ge=0)
+
+    assert "toy" in tasks.task_names()
+    help_text = " ".join(invoke("finetune", "toy", "--help").output.split())
+    assert "A toy task." in help_text and "--wiggle INTEGER How much to wiggle. (>= 0) [default: 3]" in help_text
+    with pytest.raises(ValueError, match="already registered"):
+        tasks.register_task("toy", task="other:Task")(type("OtherConfig", (), {}))
+
+
+def test_quiet_before_the_command_works_too(tiny_cls_args):
+    result = invoke("-q", "finetune", *tiny_cls_args, "--epochs", "1")
+    assert result.exit_code == 0 and len(result.stdout.strip().splitlines()) == 1

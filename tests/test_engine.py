@@ -123,13 +123,21 @@ def test_sigterm_stops_at_the_step_boundary_and_resumes_exactly(tiny_cls_data, t
     assert_identical_runs(tmp_path / "a", tmp_path / "b")
 
 
-def test_resume_at_epoch_boundary_with_workers(tiny_cls_data, tmp_path):
-    """Worker processes (seeded per sample) and an interrupt between epochs."""
-    train(cls_task(tiny_cls_data), tmp_path / "a", workers=2)
+def test_resume_mid_epoch_with_workers(tiny_cls_data, tmp_path):
+    """After the resume, batch 3 goes to worker 0 instead of worker 1: samples are seeded per index."""
+    train(cls_task(tiny_cls_data), tmp_path / "a", workers=2, epochs=1)
     with pytest.raises(TrainingInterrupted):
-        train(cls_task(tiny_cls_data), tmp_path / "b", [StopAt(0, 6)], workers=2)
+        train(cls_task(tiny_cls_data), tmp_path / "b", [StopAt(0, 3)], workers=2, epochs=1)
+    train(cls_task(tiny_cls_data), tmp_path / "b", resume=tmp_path / "b", workers=2, epochs=1)
+    assert_identical_runs(tmp_path / "a", tmp_path / "b")
+
+
+def test_stop_at_the_epoch_boundary(tiny_cls_data, tmp_path):
+    train(cls_task(tiny_cls_data), tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        train(cls_task(tiny_cls_data), tmp_path / "b", [StopAt(0, 6)])  # after the epoch's last step
     assert load_checkpoint(tmp_path / "b")["state"]["step_in_epoch"] == 6
-    train(cls_task(tiny_cls_data), tmp_path / "b", resume=tmp_path / "b", workers=2)
+    train(cls_task(tiny_cls_data), tmp_path / "b", resume=tmp_path / "b")
     assert_identical_runs(tmp_path / "a", tmp_path / "b")
 
 
@@ -193,6 +201,34 @@ def test_a_last_batch_of_one_trains(case, tmp_path, seg_data, det_data):
         task, batch = det_task(det_data, img_size=32), 2
     result = train(task, tmp_path / "r", batch_size=batch, epochs=1)
     assert len(result["history"]) == 1
+
+
+class RandomSamples(torch.utils.data.Dataset):
+    """Each sample draws from the worker's global RNGs (as many user datasets do)."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> float:
+        import random
+
+        import numpy as np
+
+        return torch.rand(1).item() + float(np.random.rand()) + random.random()
+
+
+def test_worker_randomness_follows_the_sample_not_the_worker():
+    from tasks.engine.batching import EpochBatchSampler, SeededSamples, make_loader
+
+    def values(workers: int, skip: int) -> list[float]:
+        batches = EpochBatchSampler(6, 2, seed=0)
+        batches.set_epoch(0, skip)
+        loader = make_loader(SeededSamples(RandomSamples(), seed=0), 2, workers, False, None, batches)
+        return [v for batch in loader for v in batch.tolist()]
+
+    full = values(2, skip=0)
+    assert values(2, skip=1) == full[2:]  # resumed: each batch lands on another worker
+    assert values(1, skip=0) == full
 
 
 def test_warmup_is_capped_to_a_fifth_of_the_run():

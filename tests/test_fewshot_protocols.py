@@ -188,3 +188,35 @@ def test_within_alphabet_cli(checkpoint, nested_data):
     assert r.output == invoke(*args, "--ways", 3).output
     assert_user_error(invoke(*args, "--ways", 5), "the largest, 'a', has 4")
     assert_user_error(invoke(*args[:5], *args[6:], "--flat-classes", "--ways", 3), "--nested-classes")
+
+
+@pytest.mark.slow
+def test_within_alphabet_20_way_on_omniglot(shared_data, tmp_path):
+    """small2 without the alphabets small1 trained on: katakana and Sanskrit have ≥ 20 characters,
+    Tagalog (17) is skipped."""
+    root = shared_data("omniglot")
+    run = tmp_path / "run"
+    r = invoke("finetune", "--data", root / "images_background_small1", "--nested-classes", "--weights", "none",
+               "--img-size", 32, "--epochs", 1, "--batch-size", 64, "--workers", 0, "--out", run)
+    assert r.exit_code == 0, r.output
+    ev = invoke("fewshot-eval", "--checkpoint", run, "--data", root / "images_background_small2",
+                "--protocol", "within-alphabet", "--ways", 20, "--shots", 1, "--queries", 1, "--episodes", 100)
+    assert ev.exit_code == 0, ev.output
+    assert "20-way 1-shot within-alphabet" in ev.output and "in 2 of 3 alphabets" in ev.output
+    assert float(ev.output.split("accuracy ")[1].split("%")[0]) > 10.0  # chance is 5 %
+    # The same checkpoint on runs laid out like Lake et al.'s, built from katakana's drawings
+    # (binary 1-bit PNGs, as published): support = drawing 1, query = drawing 2 of 20 characters.
+    runs = tmp_path / "runs"
+    chars = sorted((root / "images_background_small2" / "Japanese_(katakana)").iterdir())[:20]
+    lines = []
+    for j, c in enumerate(np.random.default_rng(0).permutation(20), 1):
+        first, second = sorted(chars[c].iterdir())[:2]
+        for src, dst in ((first, runs / "run01" / "training" / f"class{c + 1:02d}.png"),
+                         (second, runs / "run01" / "test" / f"item{j:02d}.png")):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+        lines.append(f"run01/test/item{j:02d}.png run01/training/class{c + 1:02d}.png")
+    (runs / "run01" / "class_labels.txt").write_text("\n".join(lines) + "\n")
+    ev = invoke("fewshot-eval", "--checkpoint", run, "--runs", runs)
+    assert ev.exit_code == 0, ev.output
+    assert float(ev.output.split("run01: 20-way 1-shot, 20 queries, error ")[1].split("%")[0]) < 90.0  # chance 95 %

@@ -55,3 +55,12 @@ def test_readme_use_in_your_own_model_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # files the snippet saves land in a temporary folder
     torch.manual_seed(0)
     exec(compile(snippet, f"{README}:use-in-your-own-model", "exec"), {"__name__": "__readme__"})
+
+
+def test_ci_runs_readme_install_and_test_commands():
+    """.ci/run installs and tests exactly as README's quick start says (CI = what a new user does)."""
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    readme = README.read_text()
+    for marker in ("# --- README: install ---", "# --- README: test ---"):
+        command = ci[ci.index(marker) + 1]
+        assert f"\n{command}\n" in readme, command

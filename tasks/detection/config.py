@@ -49,7 +49,8 @@ class DetectionConfig(TaskConfig):
     rpn_batch_size: int = option(64, "Anchors sampled per image for the RPN loss.", ge=1)
     roi_batch_size: typing.Optional[int] = option(None, "RoIs sampled per image for the box head loss "
                                                   "(default: fpn 128, c4 64).", ge=1)
-    proposals: typing.Optional[int] = option(None, "Proposals kept per image at inference (default: fpn 300, c4 100).", ge=1)
+    proposals: typing.Optional[int] = option(None, "Proposals kept per image at inference (default: fpn 300, "
+                                             "c4 100).", ge=1)
     images: typing.Optional[str] = option(None, "Image folder (default: DATA/images, else DATA/<split>, else DATA).")
     train_annotations: typing.Optional[str] = option(None, "COCO JSON of the train split "
                                                      "(default: DATA/annotations/train.json).")

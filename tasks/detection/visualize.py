@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+import torch
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0)]
@@ -10,19 +12,18 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 
 def draw_boxes(image: np.ndarray, boxes, labels: list[str], scores=None, class_index=None,
                gt_boxes=None) -> Image.Image:
-    """HxWx3 uint8 image → PIL image with each box and ``label score``; ground truth (if given) in white."""
-    pil = Image.fromarray(image).convert("RGB")
-    draw = ImageDraw.Draw(pil)
-    font = ImageFont.load_default()
-    for box in ([] if gt_boxes is None else gt_boxes):
-        draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=1)
-    for i, (box, name) in enumerate(zip(boxes, labels)):
-        colour = PALETTE[(class_index[i] if class_index is not None else i) % len(PALETTE)]
-        x1, y1, x2, y2 = (float(v) for v in box)
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
-        text = name if scores is None else f"{name} {float(scores[i]):.2f}"
-        tx, ty = x1, max(0.0, y1 - 11)
-        l, t, r, b = draw.textbbox((tx, ty), text, font=font)
-        draw.rectangle([l - 1, t - 1, r + 1, b + 1], fill=colour)
-        draw.text((tx, ty), text, fill=(255, 255, 255), font=font)
-    return pil
+    """HxWx3 uint8 image → PIL image with each box and ``label score``; ground truth (if given) in white.
+
+    Drawn by ``torchvision.utils.draw_bounding_boxes``; colours follow the class (``class_index``).
+    """
+    img = torch.tensor(image).permute(2, 0, 1)  # a copy: read_rgb arrays are read-only
+    if gt_boxes is not None and len(gt_boxes):
+        img = draw_bounding_boxes(img, torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
+                                  colors="white", width=1)
+    if len(boxes):
+        texts = list(labels) if scores is None else [f"{n} {float(s):.2f}" for n, s in zip(labels, scores)]
+        colours = [PALETTE[(class_index[i] if class_index is not None else i) % len(PALETTE)]
+                   for i in range(len(boxes))]
+        img = draw_bounding_boxes(img, torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), texts,
+                                  colors=colours, width=2)
+    return Image.fromarray(img.permute(1, 2, 0).numpy())

@@ -96,7 +96,7 @@ class Trainer:
             self.scheduler.load_state_dict(ckpt["scheduler"])
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
-            self.rng = ckpt["rng"]
+            self.rng = ckpt.get("rng")  # absent in checkpoints of earlier versions: resumed, not bit-exact
         elif self.state["epoch"] < self.epochs:
             raise UserError(f"{ckpt['path']} holds no optimiser state, so the run cannot continue exactly; "
                             "resume from the run folder's last.pt")
@@ -135,7 +135,7 @@ class Trainer:
             self.call("on_epoch_end", self.end_epoch(metrics))
             if self.stop:
                 break
-        if self.stop:
+        if self.stop and self.state["epoch"] < self.epochs:  # a stop during the last validation just finishes
             self.call("on_interrupt")
             raise TrainingInterrupted(self.run_dir / "last.pt", self.stop.reason)
         self.call("on_fit_end")

@@ -44,7 +44,6 @@ class SegmentationTask(Task):
 
     def __init__(self, cfg: SegmentationConfig, seed: int = 0, run_dir: Path | None = None) -> None:
         super().__init__(cfg, seed, run_dir)
-        _check_config(cfg)
         pre = preprocessing_for(get_spec(cfg.backbone), cfg.weights)  # metadata only, no download
         self.mean, self.std = list(pre.mean), list(pre.std)
         self.labels: LabelSpec | None = None
@@ -227,16 +226,3 @@ class SegmentationTask(Task):
                                                if f > 0}})
         (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
         return records
-
-
-def _check_config(cfg: SegmentationConfig) -> None:
-    if cfg.img_size < 16:
-        raise UserError(f"img_size must be at least 16, got {cfg.img_size}")
-    if cfg.tile < 0 or not 0 <= cfg.tile_overlap < 1:
-        raise UserError(f"tile must be ≥ 0 and tile_overlap in [0, 1), got {cfg.tile} and {cfg.tile_overlap}")
-    if not 0 <= cfg.aug_scale < 1 or cfg.aug_color < 0:
-        raise UserError(f"aug_scale must be in [0, 1) and aug_color ≥ 0, got {cfg.aug_scale} and {cfg.aug_color}")
-    if cfg.decoder_channels is not None and any(c <= 0 for c in cfg.decoder_channels):
-        raise UserError(f"decoder_channels must be positive, got {cfg.decoder_channels}")
-    if cfg.num_classes is not None and cfg.num_classes < 2:
-        raise UserError(f"num_classes must be at least 2, got {cfg.num_classes}")

@@ -5,7 +5,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
+from torchvision.utils import draw_segmentation_masks
 
 
 def palette(n: int = 256) -> np.ndarray:
@@ -23,25 +25,20 @@ def palette(n: int = 256) -> np.ndarray:
 
 
 PALETTE = palette()
-IGNORE_COLOUR = np.array([255, 255, 255], dtype=np.uint8)
-
-
-def colourize(mask: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
-    """HxW class indices → HxWx3 colours (ignored pixels white)."""
-    out = PALETTE[np.clip(mask, 0, 255) % 256]
-    if ignore_index is not None:
-        out[mask == ignore_index] = IGNORE_COLOUR
-    return out
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, ignore_index: int | None = None
             ) -> np.ndarray:
-    """Blend the colourised mask over an HxWx3 uint8 image; ignored pixels keep the image."""
-    colours = colourize(mask, ignore_index).astype(np.float32)
-    out = image.astype(np.float32) * (1 - alpha) + colours * alpha
-    if ignore_index is not None:
-        out[mask == ignore_index] = image[mask == ignore_index]
-    return out.round().astype(np.uint8)
+    """Blend the class colours over an HxWx3 uint8 image (``torchvision.utils.draw_segmentation_masks``);
+    ignored pixels keep the image."""
+    classes = [c for c in np.unique(mask).tolist() if c != ignore_index]
+    if not classes:
+        return image.copy()
+    masks = torch.tensor(mask)[None] == torch.tensor(classes)[:, None, None]
+    colours = [tuple(int(v) for v in PALETTE[c % 256]) for c in classes]
+    drawn = draw_segmentation_masks(torch.tensor(image).permute(2, 0, 1), masks,
+                                    alpha=alpha, colors=colours)
+    return drawn.permute(1, 2, 0).numpy()
 
 
 def save_index_mask(mask: np.ndarray, path: Path) -> None:
