@@ -308,12 +308,19 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--nested-classes/--flat-classes", default=None, help="Default: as in training.")
 @click.option("--include-seen", is_flag=True, help="Keep classes whose names the checkpoint was trained on.")
+@click.option("--center", type=click.Choice(["none", "support"]), default="none", show_default=True,
+              help="support: subtract each episode's mean support feature before the cosine.")
+@click.option("--transductive", is_flag=True,
+              help="Assign an episode's queries jointly, the same number to every class (Hungarian).")
 @device_option
 @click.pass_context
 def fewshot_eval(ctx, checkpoint, data, runs_dir, protocol, ways, shots, queries, episodes, seed, nested_classes,
-                 include_seen, device) -> None:
+                 include_seen, center, transductive, device) -> None:
     """N-way K-shot episodes (classes unseen in training) with a prototype classifier on the checkpoint's features."""
     from tasks.classification import fewshot_eval as fe
+    from tasks.classification.fewshot import Scoring
+
+    scoring = Scoring(center=center, transductive=transductive)
 
     if (data is None) == (runs_dir is None):
         raise UserError("fewshot-eval needs exactly one of --data DIR (sampled episodes) or --runs DIR "
@@ -323,14 +330,15 @@ def fewshot_eval(ctx, checkpoint, data, runs_dir, protocol, ways, shots, queries
         given = [n for n in episode_flags if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise UserError(f"--runs fixes its episodes; drop --{', --'.join(n.replace('_', '-') for n in given)}")
-        r = fe.runs_eval(checkpoint, runs_dir, device=device)
+        r = fe.runs_eval(checkpoint, runs_dir, device=device, scoring=scoring)
         for run in r["runs"]:
             click.echo(f"{run['run']}: {run['ways']}-way 1-shot, {run['queries']} queries, "
                        f"error {100 * run['error']:.1f}%")
         click.echo(f"mean error over {len(r['runs'])} runs: {100 * r['error']:.2f}% ± {100 * r['ci95']:.2f}% (95% CI)")
         return
     r = fe.fewshot_eval(checkpoint, data, ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed,
-                        protocol=protocol, device=device, nested_classes=nested_classes, include_seen=include_seen)
+                        protocol=protocol, device=device, nested_classes=nested_classes, include_seen=include_seen,
+                        scoring=scoring)
     over = f"{r['classes']} classes"
     if "groups" in r:
         over += (f" in {r['groups_usable']} of {r['groups']} alphabets (those with ≥ {ways} classes of "

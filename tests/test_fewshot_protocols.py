@@ -220,3 +220,16 @@ def test_within_alphabet_20_way_on_omniglot(shared_data, tmp_path):
     ev = invoke("fewshot-eval", "--checkpoint", run, "--runs", runs)
     assert ev.exit_code == 0, ev.output
     assert float(ev.output.split("run01: 20-way 1-shot, 20 queries, error ")[1].split("%")[0]) < 90.0  # chance 95 %
+
+
+def test_scoring_flags_reach_the_episodes(checkpoint, tmp_path):
+    root = make_runs(tmp_path / "runs", n_runs=2, wrong_answers_in=("run02",))
+    plain = invoke("fewshot-eval", "--checkpoint", checkpoint, "--runs", root)
+    for flags in (["--center", "support"], ["--transductive"], ["--center", "support", "--transductive"]):
+        r = invoke("fewshot-eval", "--checkpoint", checkpoint, "--runs", root, *flags)
+        assert r.exit_code == 0, r.output
+        # run01 pairs each query with an identical support: perfect whatever the scoring
+        assert "run01: 4-way 1-shot, 4 queries, error 0.0%" in r.output
+    assert "mean error over 2 runs" in plain.output
+    r = invoke("fewshot-eval", "--checkpoint", checkpoint, "--runs", root, "--center", "base")
+    assert r.exit_code == 2 and "'base' is not one of" in r.output

@@ -17,7 +17,7 @@ from ..config import ConfigError
 from ..data.io import DataError
 from .data import ImageFolderDataset, Sample, scan_classes
 from .episodes import sample_episodes, usable_groups
-from .fewshot import run_episodes
+from .fewshot import Scoring, run_episodes
 from .model import extract_features
 from .omniglot_runs import read_runs, runs_as_episodes
 
@@ -46,7 +46,7 @@ def _parent(label: str) -> str:
 
 def fewshot_eval(checkpoint: str, data: str, *, ways: int, shots: int, queries: int, episodes: int, seed: int,
                  protocol: str = "across-classes", device: str = "auto", nested_classes: bool | None = None,
-                 include_seen: bool = False) -> dict[str, Any]:
+                 include_seen: bool = False, scoring: Scoring = Scoring()) -> dict[str, Any]:
     """Seeded N-way K-shot episodes on the classes of ``data``; accuracy and its 95 % CI.
 
     ``protocol="within-alphabet"`` draws all classes of an episode from one parent folder
@@ -82,10 +82,10 @@ def fewshot_eval(checkpoint: str, data: str, *, ways: int, shots: int, queries: 
         result.update(groups=len(set(groups.values())), groups_usable=len(usable))
     feats, labels = _features(task, model, rt, samples, classes)
     eps = sample_episodes(labels.tolist(), ways, shots, queries, episodes, seed, groups=groups)
-    return {**result, **run_episodes(feats, eps)}
+    return {**result, **run_episodes(feats, eps, scoring)}
 
 
-def runs_eval(checkpoint: str, runs_dir: str, device: str = "auto") -> dict[str, Any]:
+def runs_eval(checkpoint: str, runs_dir: str, device: str = "auto", scoring: Scoring = Scoring()) -> dict[str, Any]:
     """Error of each one-shot run in ``runs_dir`` (Lake et al. layout, see ``omniglot_runs``) and the mean."""
     runs = read_runs(runs_dir)
     task, model, rt = _restore_classifier(checkpoint, device)
@@ -93,6 +93,6 @@ def runs_eval(checkpoint: str, runs_dir: str, device: str = "auto") -> dict[str,
     # The dataset wants a label per image; the runs' own answers live in the episodes.
     feats, _ = _features(task, model, rt, [Sample(p, "run") for p in images], ["run"])
     per_run = [{"run": r.name, "ways": len(r.supports), "queries": len(r.queries),
-                "error": 1 - run_episodes(feats, [ep])["accuracy"]} for r, ep in zip(runs, episodes)]
-    overall = run_episodes(feats, episodes)
+                "error": 1 - run_episodes(feats, [ep], scoring)["accuracy"]} for r, ep in zip(runs, episodes)]
+    overall = run_episodes(feats, episodes, scoring)
     return {"runs": per_run, "error": 1 - overall["accuracy"], "ci95": overall["ci95"]}
