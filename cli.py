@@ -308,6 +308,11 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--nested-classes/--flat-classes", default=None, help="Default: as in training.")
 @click.option("--include-seen", is_flag=True, help="Keep classes whose names the checkpoint was trained on.")
+@click.option("--features", "levels", type=click.Choice(["c5", "c4+c5"]), default="c4+c5", show_default=True,
+              help="Pooled backbone features compared: c5 (the head's input) or c4+c5 (each L2-normalised, "
+                   "concatenated).")
+@click.option("--power/--no-power", default=True, show_default=True,
+              help="Square-root the features before the cosine (power transform).")
 @click.option("--center", type=click.Choice(["none", "support"]), default="none", show_default=True,
               help="support: subtract each episode's mean support feature before the cosine.")
 @click.option("--transductive", is_flag=True,
@@ -315,12 +320,12 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 @device_option
 @click.pass_context
 def fewshot_eval(ctx, checkpoint, data, runs_dir, protocol, ways, shots, queries, episodes, seed, nested_classes,
-                 include_seen, center, transductive, device) -> None:
+                 include_seen, levels, power, center, transductive, device) -> None:
     """N-way K-shot episodes (classes unseen in training) with a prototype classifier on the checkpoint's features."""
     from tasks.classification import fewshot_eval as fe
     from tasks.classification.fewshot import Scoring
 
-    scoring = Scoring(center=center, transductive=transductive)
+    scoring = Scoring(levels=tuple(levels.split("+")), power=power, center=center, transductive=transductive)
 
     if (data is None) == (runs_dir is None):
         raise UserError("fewshot-eval needs exactly one of --data DIR (sampled episodes) or --runs DIR "

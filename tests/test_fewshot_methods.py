@@ -54,8 +54,8 @@ def test_balanced_assignment_fixes_a_greedy_collision():
     support = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     query = torch.tensor([[0.8, 0.6], [0.9, 0.1]])
     labels = torch.tensor([0, 1])
-    assert classify(support, labels, query).tolist() == [0, 0]
-    assert classify(support, labels, query, Scoring(transductive=True)).tolist() == [1, 0]
+    assert classify(support, labels, query, Scoring(power=False)).tolist() == [0, 0]
+    assert classify(support, labels, query, Scoring(power=False, transductive=True)).tolist() == [1, 0]
 
 
 def test_support_centring_changes_scores_but_not_separable_results():
@@ -111,3 +111,28 @@ def test_shift_policy_never_flips_or_recolours():
         dark_cols = (x < 0.5).any(0).nonzero().flatten()
         assert dark_cols.float().mean() < 20  # stays on the left: never mirrored
         assert x[0, 0] == 1.0 and x[-1, -1] == 1.0  # white stays white (no colour jitter)
+
+
+def test_power_transform_is_applied_before_the_cosine():
+    from tasks.classification.fewshot import Scoring, classify
+
+    # Squares of small integers: the square root restores the integers, and the nearest prototype
+    # changes with it: after the root cos([6,9,1], [8,8,3]) > cos([6,9,1], [2,9,1]), before it the reverse.
+    support = torch.tensor([[4.0, 81.0, 1.0], [64.0, 64.0, 9.0]])
+    query = torch.tensor([[36.0, 81.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    assert classify(support, labels, query, Scoring(power=False)).tolist() == [0]
+    assert classify(support, labels, query).tolist() == [1]  # on by default
+    assert classify(support.sqrt(), labels, query.sqrt(), Scoring(power=False)).tolist() == [1]
+
+
+def test_multi_level_features_weigh_each_level_equally():
+    from resnet_backbones import create_backbone
+    from tasks.classification.model import ImageClassifier
+
+    m = ImageClassifier(create_backbone("resnet18", None, out_features=("c4", "c5")), 3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    c5, both = m.features(x), m.features(x, ("c4", "c5"))
+    assert c5.shape == (2, 512) and both.shape == (2, 256 + 512)
+    assert torch.allclose(both[:, :256].norm(dim=1), torch.ones(2)) and torch.allclose(both[:, 256:].norm(dim=1), torch.ones(2))
+    assert torch.allclose(both[:, 256:], torch.nn.functional.normalize(c5, dim=1), atol=1e-6)

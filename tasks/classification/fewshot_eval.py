@@ -35,9 +35,10 @@ def _restore_classifier(checkpoint: str, device: str):
     return task, model, rt
 
 
-def _features(task, model, rt, samples: list[Sample], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _features(task, model, rt, samples: list[Sample], classes: list[str], levels: tuple[str, ...]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     ds = ImageFolderDataset(samples, classes, task.eval_transform())
-    return extract_features(model, DataLoader(ds, batch_size=64, num_workers=0), rt)
+    return extract_features(model, DataLoader(ds, batch_size=64, num_workers=0), rt, levels)
 
 
 def _parent(label: str) -> str:
@@ -80,7 +81,7 @@ def fewshot_eval(checkpoint: str, data: str, *, ways: int, shots: int, queries: 
         index = {c: i for i, c in enumerate(classes)}
         usable = usable_groups([index[s.label] for s in samples], groups, ways, shots + queries)
         result.update(groups=len(set(groups.values())), groups_usable=len(usable))
-    feats, labels = _features(task, model, rt, samples, classes)
+    feats, labels = _features(task, model, rt, samples, classes, scoring.levels)
     eps = sample_episodes(labels.tolist(), ways, shots, queries, episodes, seed, groups=groups)
     return {**result, **run_episodes(feats, eps, scoring)}
 
@@ -91,7 +92,7 @@ def runs_eval(checkpoint: str, runs_dir: str, device: str = "auto", scoring: Sco
     task, model, rt = _restore_classifier(checkpoint, device)
     images, episodes = runs_as_episodes(runs)
     # The dataset wants a label per image; the runs' own answers live in the episodes.
-    feats, _ = _features(task, model, rt, [Sample(p, "run") for p in images], ["run"])
+    feats, _ = _features(task, model, rt, [Sample(p, "run") for p in images], ["run"], scoring.levels)
     per_run = [{"run": r.name, "ways": len(r.supports), "queries": len(r.queries),
                 "error": 1 - run_episodes(feats, [ep], scoring)["accuracy"]} for r, ep in zip(runs, episodes)]
     overall = run_episodes(feats, episodes, scoring)

@@ -48,8 +48,13 @@ class ImageClassifier(nn.Module):
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.head = nn.Linear(dim, num_classes) if head == "linear" else CosineClassifier(dim, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.backbone(x)["c5"], 1), 1)
+    def features(self, x: torch.Tensor, levels: tuple[str, ...] = ("c5",)) -> torch.Tensor:
+        """Globally pooled ``c5`` (what the head sees); with several ``levels`` (e.g. ``("c4", "c5")``,
+        which the backbone must output) each pooled level is L2-normalised and they are concatenated,
+        so that every level weighs the same in a cosine similarity."""
+        maps = self.backbone(x)
+        pooled = [torch.flatten(F.adaptive_avg_pool2d(maps[k], 1), 1) for k in levels]
+        return pooled[0] if len(pooled) == 1 else torch.cat([F.normalize(p, dim=1) for p in pooled], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A 2-D input is an already-computed feature batch (frozen-backbone feature cache).
@@ -65,14 +70,15 @@ class ImageClassifier(nn.Module):
 
 
 @torch.no_grad()
-def extract_features(model: ImageClassifier, loader, rt) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features and labels of a whole loader (model in eval mode)."""
+def extract_features(model: ImageClassifier, loader, rt, levels: tuple[str, ...] = ("c5",)
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (see :meth:`ImageClassifier.features`) and labels of a whole loader (model in eval mode)."""
     was = model.training
     model.eval()
     feats, labels = [], []
     for x, y in loader:
         with rt.autocast():
-            feats.append(model.features(rt.to_device(x)).float().cpu())
+            feats.append(model.features(rt.to_device(x), levels).float().cpu())
         labels.append(y)
     model.train(was)
     return torch.cat(feats), torch.cat(labels)
