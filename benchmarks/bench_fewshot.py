@@ -60,7 +60,7 @@ def reference(seed: int, episodes: int, data: Path) -> dict:
     return {"error": err, "ci95": ci, "cpu_s": cpu, "wall_s": wall}
 
 
-def ours(seed: int, episodes: int, data: Path, workdir: Path, extra: list[str]) -> dict:
+def ours(seed: int, episodes: int, data: Path, workdir: Path, extra: list[str], eval_extra: list[str]) -> dict:
     cli = [sys.executable, "-m", "cli"]
     run_dir = workdir / f"ours-seed{seed}"
     out1, cpu1, wall1 = run(cli + ["finetune", "--config", "omniglot_pretrain", "--data",
@@ -69,7 +69,7 @@ def ours(seed: int, episodes: int, data: Path, workdir: Path, extra: list[str]) 
     out2, cpu2, wall2 = run(cli + ["fewshot-eval", "--checkpoint", str(run_dir), "--data",
                                    str(data / "images_background_small2"), "--protocol", "within-alphabet",
                                    "--ways", "20", "--shots", "1", "--queries", "1", "--episodes", str(episodes),
-                                   "--seed", "0"])
+                                   "--seed", "0", *eval_extra])
     m = re.search(r"accuracy ([\d.]+)% ± ([\d.]+)%", out2)
     if m is None:
         sys.exit(f"could not read fewshot-eval's result:\n{out2[-2000:]}")
@@ -85,6 +85,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=SHARED / "data" / "omniglot")
     p.add_argument("--only", choices=["ours", "reference"], default=None)
     p.add_argument("--ours-args", default="", help="Extra finetune flags for ours (quoted).")
+    p.add_argument("--eval-args", default="", help="Extra fewshot-eval flags for ours (quoted).")
+    p.add_argument("--keep", type=Path, default=None, help="Keep our run folders here (default: a temporary folder).")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_backbone import machine  # noqa: E402  (same folder)
@@ -94,12 +96,14 @@ def main() -> None:
     print(f"# 20-way 1-shot within-alphabet, {args.episodes} episodes; error % ± 95 % CI; CPU = user+sys s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.keep or Path(tmp)
         for seed in args.seeds:
             row = {"seed": seed}
             if args.only != "ours":
                 row["ref"] = reference(seed, args.episodes, args.data)
             if args.only != "reference":
-                row["ours"] = ours(seed, args.episodes, args.data, Path(tmp), args.ours_args.split())
+                row["ours"] = ours(seed, args.episodes, args.data, workdir, args.ours_args.split(),
+                                   args.eval_args.split())
             rows.append(row)
             print(" | ".join([f"seed {seed}"] + [
                 f"{k}: {r['error']:.1f}% ± {r['ci95']:.1f}, {r['cpu_s']:.0f} CPU-s ({r['wall_s']:.0f} s wall)"
