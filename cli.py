@@ -313,7 +313,7 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
                    "concatenated).")
 @click.option("--power/--no-power", default=True, show_default=True,
               help="Square-root the features before the cosine (power transform).")
-@click.option("--center", type=click.Choice(["none", "support"]), default="none", show_default=True,
+@click.option("--center", type=click.Choice(["none", "support"]), default="support", show_default=True,
               help="support: subtract each episode's mean support feature before the cosine.")
 @click.option("--transductive", is_flag=True,
               help="Assign an episode's queries jointly, the same number to every class (Hungarian).")

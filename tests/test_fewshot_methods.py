@@ -54,8 +54,8 @@ def test_balanced_assignment_fixes_a_greedy_collision():
     support = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     query = torch.tensor([[0.8, 0.6], [0.9, 0.1]])
     labels = torch.tensor([0, 1])
-    assert classify(support, labels, query, Scoring(power=False)).tolist() == [0, 0]
-    assert classify(support, labels, query, Scoring(power=False, transductive=True)).tolist() == [1, 0]
+    assert classify(support, labels, query, Scoring(center="none", power=False)).tolist() == [0, 0]
+    assert classify(support, labels, query, Scoring(center="none", power=False, transductive=True)).tolist() == [1, 0]
 
 
 def test_support_centring_changes_scores_but_not_separable_results():
@@ -72,7 +72,7 @@ def test_support_centring_changes_scores_but_not_separable_results():
     feats = torch.nn.functional.one_hot(torch.arange(5).repeat_interleave(4), 5).float() + 3.0
     eps = sample_episodes(torch.arange(5).repeat_interleave(4).tolist(), 5, 1, 3, 10, seed=0)
     assert run_episodes(feats, eps, Scoring(center="support"))["accuracy"] == 1.0
-    assert run_episodes(feats, eps, Scoring(transductive=True))["accuracy"] == 1.0
+    assert run_episodes(feats, eps, Scoring(center="none", transductive=True))["accuracy"] == 1.0
 
 
 @pytest.mark.parametrize("augment", ["imagenet", "shift", "none"])
@@ -121,9 +121,10 @@ def test_power_transform_is_applied_before_the_cosine():
     support = torch.tensor([[4.0, 81.0, 1.0], [64.0, 64.0, 9.0]])
     query = torch.tensor([[36.0, 81.0, 1.0]])
     labels = torch.tensor([0, 1])
-    assert classify(support, labels, query, Scoring(power=False)).tolist() == [0]
-    assert classify(support, labels, query).tolist() == [1]  # on by default
-    assert classify(support.sqrt(), labels, query.sqrt(), Scoring(power=False)).tolist() == [1]
+    plain = Scoring(center="none", power=False)
+    assert classify(support, labels, query, plain).tolist() == [0]
+    assert classify(support, labels, query, Scoring(center="none")).tolist() == [1]  # power on by default
+    assert classify(support.sqrt(), labels, query.sqrt(), plain).tolist() == [1]
 
 
 def test_multi_level_features_weigh_each_level_equally():

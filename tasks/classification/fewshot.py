@@ -37,7 +37,7 @@ class Scoring:
     """
 
     levels: tuple[str, ...] = ("c4", "c5")
-    center: str = "none"
+    center: str = "support"
     power: bool = True
     transductive: bool = False
 
