@@ -137,3 +137,17 @@ def test_multi_level_features_weigh_each_level_equally():
     assert c5.shape == (2, 512) and both.shape == (2, 256 + 512)
     assert torch.allclose(both[:, :256].norm(dim=1), torch.ones(2)) and torch.allclose(both[:, 256:].norm(dim=1), torch.ones(2))
     assert torch.allclose(both[:, 256:], torch.nn.functional.normalize(c5, dim=1), atol=1e-6)
+
+
+def test_cli_refuses_a_margin_on_a_linear_head(tiny_cls_data, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["finetune", "classification", "--data", str(tiny_cls_data), "--weights", "none",
+                                 "--head", "linear", "--cosine-margin", "0.1", "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "head cosine or imprint" in err
+    assert not out.exists()
