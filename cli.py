@@ -308,9 +308,15 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--nested-classes/--flat-classes", default=None, help="Default: as in training.")
 @click.option("--include-seen", is_flag=True, help="Keep classes whose names the checkpoint was trained on.")
-@click.option("--features", "levels", type=click.Choice(["c5", "c4+c5"]), default="c4+c5", show_default=True,
-              help="Pooled backbone features compared: c5 (the head's input) or c4+c5 (each L2-normalised, "
-                   "concatenated).")
+@click.option("--features", "levels", type=click.Choice(["c5", "c4+c5", "c3+c4+c5"]), default="c3+c4+c5",
+              show_default=True, help="Pooled backbone features compared: c5 (the head's input), or several "
+                                      "levels (each L2-normalised, concatenated).")
+@click.option("--pool", type=click.Choice(["max", "avg"]), default="max", show_default=True,
+              help="Global pooling of each feature level.")
+@click.option("--tta-shift", type=click.IntRange(min=0), default=None, show_default="auto", metavar="PX",
+              help="Average each image's features over itself and two copies moved diagonally by PX pixels "
+                   "(0 = off; 3 forward passes per image). auto: 1/16 of the input side for models trained "
+                   "with --augment shift, else off.")
 @click.option("--power/--no-power", default=True, show_default=True,
               help="Square-root the features before the cosine (power transform).")
 @click.option("--center", type=click.Choice(["none", "support"]), default="support", show_default=True,
@@ -320,12 +326,13 @@ def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> 
 @device_option
 @click.pass_context
 def fewshot_eval(ctx, checkpoint, data, runs_dir, protocol, ways, shots, queries, episodes, seed, nested_classes,
-                 include_seen, levels, power, center, transductive, device) -> None:
+                 include_seen, levels, pool, tta_shift, power, center, transductive, device) -> None:
     """N-way K-shot episodes (classes unseen in training) with a prototype classifier on the checkpoint's features."""
     from tasks.classification import fewshot_eval as fe
     from tasks.classification.fewshot import Scoring
 
-    scoring = Scoring(levels=tuple(levels.split("+")), power=power, center=center, transductive=transductive)
+    scoring = Scoring(levels=tuple(levels.split("+")), pool=pool, tta_shift=tta_shift, power=power, center=center,
+                      transductive=transductive)
 
     if (data is None) == (runs_dir is None):
         raise UserError("fewshot-eval needs exactly one of --data DIR (sampled episodes) or --runs DIR "

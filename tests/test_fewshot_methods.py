@@ -151,3 +151,62 @@ def test_cli_refuses_a_margin_on_a_linear_head(tiny_cls_data, tmp_path):
     err = r.stderr.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "head cosine or imprint" in err
     assert not out.exists()
+
+
+def test_max_pooling_and_three_levels():
+    from resnet_backbones import create_backbone
+    from tasks.classification.model import ImageClassifier
+
+    m = ImageClassifier(create_backbone("resnet18", None, out_features=("c3", "c4", "c5")), 3).eval()
+    x = torch.randn(2, 3, 48, 48)
+    maps = m.backbone(x)
+    f = m.features(x, ("c3", "c4", "c5"), pool="max")
+    assert f.shape == (2, 128 + 256 + 512)
+    expected = torch.nn.functional.normalize(maps["c4"].amax((2, 3)), dim=1)
+    assert torch.allclose(f[:, 128:384], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="pool"):
+        m.features(x, ("c5",), pool="gem")
+
+
+def test_shifted_moves_the_image_and_repeats_the_border():
+    from tasks.classification.model import shifted
+
+    x = torch.arange(16.).view(1, 1, 4, 4)
+    assert torch.equal(shifted(x, 0, 0), x)
+    down = shifted(x, 0, 1)
+    assert torch.equal(down[..., 1:, :], x[..., :3, :]) and torch.equal(down[..., 0, :], x[..., 0, :])
+    left = shifted(x, -2, 0)
+    assert torch.equal(left[..., :2], x[..., 2:]) and torch.equal(left[..., 2:], x[..., 3:].expand(1, 1, 4, 2))
+
+
+def test_shift_tta_averages_three_diagonal_views():
+    from torch.utils.data import TensorDataset, DataLoader
+
+    from resnet_backbones import create_backbone
+    from tasks.classification.model import ImageClassifier, extract_features, shifted
+    from tasks.engine.runtime import Runtime
+
+    torch.manual_seed(0)
+    m = ImageClassifier(create_backbone("resnet18", None, out_features=("c3", "c4", "c5")), 3).eval()
+    x = torch.randn(3, 3, 32, 32)
+    loader = DataLoader(TensorDataset(x, torch.arange(3)), batch_size=2)
+    rt = Runtime.create("cpu", False)
+    plain, labels = extract_features(m, loader, rt, ("c5",))
+    tta, _ = extract_features(m, loader, rt, ("c5",), tta_shift=2)
+    with torch.no_grad():
+        views = [m.features(shifted(x, dx, dy)) for dx, dy in [(0, 0), (2, 2), (-2, -2)]]
+    assert labels.tolist() == [0, 1, 2]
+    assert torch.allclose(plain, views[0], atol=1e-5)
+    assert torch.allclose(tta, torch.stack(views).mean(0), atol=1e-5)
+    assert not torch.allclose(tta, plain, atol=1e-3)
+
+
+def test_scoring_refuses_bad_pool_levels_and_shift():
+    from tasks.classification.fewshot import Scoring
+
+    with pytest.raises(ValueError, match="pool"):
+        Scoring(pool="median")
+    with pytest.raises(ValueError, match="levels"):
+        Scoring(levels=("c2",))
+    with pytest.raises(ValueError, match="tta_shift"):
+        Scoring(tta_shift=-1)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from .episodes import Episode
 
 CENTERING = ("none", "support")
-LEVELS = ("c4", "c5")
+LEVELS = ("c3", "c4", "c5")
+POOLS = ("avg", "max")
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,12 @@ class Scoring:
 
     Args:
         levels: backbone features compared, each globally pooled: ``("c5",)`` is what the head sees;
-            ``("c4", "c5")`` adds the previous stage, less specialised to the training classes.
+            ``("c3", "c4", "c5")`` adds earlier stages, less specialised to the training classes.
+        pool: global ``"max"`` or ``"avg"`` pooling of each level.
+        tta_shift: average each image's features over itself and two copies moved diagonally by
+            this many pixels (0 = off; three forward passes per image). ``None``: 1/16 of the input
+            side for a model trained with ``augment="shift"`` (3 px at 48 px: 3 points fewer errors
+            on Omniglot), else off (not measured on photos).
         center: ``"support"`` subtracts the mean support feature from support and query features
             before the cosine (uses only the labelled shots, so it stays inductive); ``"none"``.
         power: square-root the (non-negative, post-ReLU) features first, the power transform of
@@ -36,7 +42,9 @@ class Scoring:
             needs the whole, balanced query set at once.
     """
 
-    levels: tuple[str, ...] = ("c4", "c5")
+    levels: tuple[str, ...] = ("c3", "c4", "c5")
+    pool: str = "max"
+    tta_shift: int | None = None
     center: str = "support"
     power: bool = True
     transductive: bool = False
@@ -44,6 +52,10 @@ class Scoring:
     def __post_init__(self) -> None:
         if not self.levels or any(lv not in LEVELS for lv in self.levels):
             raise ValueError(f"levels must be among {LEVELS}, got {self.levels!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.tta_shift is not None and self.tta_shift < 0:
+            raise ValueError(f"tta_shift must be >= 0, got {self.tta_shift}")
         if self.center not in CENTERING:
             raise ValueError(f"center must be one of {CENTERING}, got {self.center!r}")
 
@@ -88,3 +100,12 @@ def run_episodes(feats: torch.Tensor, episodes: Sequence[Episode], scoring: Scor
     acc = torch.tensor(accs)
     std = acc.std(unbiased=True).item() if len(accs) > 1 else 0.0
     return {"accuracy": acc.mean().item(), "ci95": 1.96 * std / math.sqrt(len(accs)), "episodes": len(accs)}
+
+
+def auto_tta_shift(img_size: int, augment: str) -> int:
+    """The ``tta_shift`` that ``None`` stands for (see :class:`Scoring`).
+
+    >>> auto_tta_shift(48, "shift"), auto_tta_shift(224, "imagenet")
+    (3, 0)
+    """
+    return round(img_size / 16) if augment == "shift" else 0

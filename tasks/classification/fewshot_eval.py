@@ -17,7 +17,7 @@ from ..config import ConfigError
 from ..data.io import DataError
 from .data import ImageFolderDataset, Sample, scan_classes
 from .episodes import sample_episodes, usable_groups
-from .fewshot import Scoring, run_episodes
+from .fewshot import Scoring, auto_tta_shift, run_episodes
 from .model import extract_features
 from .omniglot_runs import read_runs, runs_as_episodes
 
@@ -35,10 +35,17 @@ def _restore_classifier(checkpoint: str, device: str):
     return task, model, rt
 
 
-def _features(task, model, rt, samples: list[Sample], classes: list[str], levels: tuple[str, ...]
+def _features(task, model, rt, samples: list[Sample], classes: list[str], scoring: Scoring
               ) -> tuple[torch.Tensor, torch.Tensor]:
     ds = ImageFolderDataset(samples, classes, task.eval_transform())
-    return extract_features(model, DataLoader(ds, batch_size=64, num_workers=0), rt, levels)
+    shift = scoring.tta_shift
+    if shift is None:
+        shift = auto_tta_shift(task.cfg.img_size, task.cfg.augment)
+    if shift:
+        log.info(f"test-time augmentation: features averaged over 3 views (moved ±{shift} px diagonally); "
+                 f"--tta-shift 0 turns it off")
+    return extract_features(model, DataLoader(ds, batch_size=64, num_workers=0), rt, scoring.levels,
+                            scoring.pool, shift)
 
 
 def _parent(label: str) -> str:
@@ -81,7 +88,7 @@ def fewshot_eval(checkpoint: str, data: str, *, ways: int, shots: int, queries: 
         index = {c: i for i, c in enumerate(classes)}
         usable = usable_groups([index[s.label] for s in samples], groups, ways, shots + queries)
         result.update(groups=len(set(groups.values())), groups_usable=len(usable))
-    feats, labels = _features(task, model, rt, samples, classes, scoring.levels)
+    feats, labels = _features(task, model, rt, samples, classes, scoring)
     eps = sample_episodes(labels.tolist(), ways, shots, queries, episodes, seed, groups=groups)
     return {**result, **run_episodes(feats, eps, scoring)}
 
@@ -92,7 +99,7 @@ def runs_eval(checkpoint: str, runs_dir: str, device: str = "auto", scoring: Sco
     task, model, rt = _restore_classifier(checkpoint, device)
     images, episodes = runs_as_episodes(runs)
     # The dataset wants a label per image; the runs' own answers live in the episodes.
-    feats, _ = _features(task, model, rt, [Sample(p, "run") for p in images], ["run"], scoring.levels)
+    feats, _ = _features(task, model, rt, [Sample(p, "run") for p in images], ["run"], scoring)
     per_run = [{"run": r.name, "ways": len(r.supports), "queries": len(r.queries),
                 "error": 1 - run_episodes(feats, [ep], scoring)["accuracy"]} for r, ep in zip(runs, episodes)]
     overall = run_episodes(feats, episodes, scoring)

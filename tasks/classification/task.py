@@ -101,7 +101,7 @@ class ClassificationTask(Task):
         if self.cfg.head == "prototype" and self.cfg.freeze_stages != 4:
             log.info("head=prototype trains nothing: the backbone is used frozen")
         # c4 costs nothing extra (c5 is computed from it) and few-shot evaluation can compare it too.
-        bb = create_backbone(self.cfg.backbone, weights=self.cfg.weights, out_features=("c4", "c5"),
+        bb = create_backbone(self.cfg.backbone, weights=self.cfg.weights, out_features=("c3", "c4", "c5"),
                              freeze_stages=freeze, norm=self.cfg.norm)
         if self.cfg.weights is not None:
             self.preprocessing = bb.preprocessing
