@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from resnet_backbones import Preprocessing, create_backbone
 
@@ -143,6 +142,9 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def evaluate(self, model, loader, rt: Runtime) -> dict[str, float]:
         n = len(self.classes)
+        # Imported here: torchmetrics pulls in scipy.signal (≈ 1-2 s), which few-shot evaluation never needs.
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
         top1 = MulticlassAccuracy(n, average="micro")
         top5 = MulticlassAccuracy(n, top_k=5, average="micro") if n >= 5 else None
         per_class = MulticlassAccuracy(n, average="none")
