@@ -233,3 +233,20 @@ def test_scoring_flags_reach_the_episodes(checkpoint, tmp_path):
     assert "mean error over 2 runs" in plain.output
     r = invoke("fewshot-eval", "--checkpoint", checkpoint, "--runs", root, "--center", "base")
     assert r.exit_code == 2 and "'base' is not one of" in r.output
+
+
+def test_fewshot_eval_feature_options(checkpoint, nested_data):
+    """Pooling, levels and test-time shifts are real choices: each changes the scores, bad values exit 2."""
+    args = ["fewshot-eval", "--checkpoint", checkpoint, "--data", nested_data, "--nested-classes",
+            "--protocol", "within-alphabet", "--ways", 3, "--shots", 1, "--queries", 2, "--episodes", 30,
+            "--no-power", "--center", "none"]
+    outputs = {}
+    for flags in ([], ["--pool", "avg"], ["--features", "c5"], ["--tta-shift", 4], ["--tta-shift", 0]):
+        r = invoke(*args, *flags)
+        assert r.exit_code == 0, r.output
+        outputs[tuple(map(str, flags))] = r.output.split("accuracy ")[1]
+    # The tiny model was trained with --augment imagenet: auto TTA is off, so the default equals 0.
+    assert outputs[()] == outputs[("--tta-shift", "0")]
+    assert len({outputs[()], outputs[("--pool", "avg")], outputs[("--features", "c5")]}) >= 2
+    assert_user_error(invoke(*args, "--pool", "gem"), "--pool")
+    assert_user_error(invoke(*args, "--tta-shift", -1), "--tta-shift")
