@@ -279,15 +279,24 @@ def evaluate(checkpoint: str, data: str, device: str, batch_size: int, json_out:
 
 @cli.command()
 @verbosity_options
-@checkpoint_option
+@click.option("--checkpoint", default=None, metavar="CKPT", help="A checkpoint file or a run folder (uses best.pt).")
+@click.option("--model", "model_file", default=None, metavar="FILE",
+              help="Instead of --checkpoint: a file written by `export` (ONNX runs on ONNX Runtime).")
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES_OR_DIR...")
 @click.option("--out", required=True, metavar="DIR", help="Output folder.")
 @device_option
-def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> None:
-    """Run a checkpoint on images; writes the task's outputs (labels, masks, boxes) to --out."""
-    from tasks import runner
+def predict(checkpoint: str | None, model_file: str | None, inputs: tuple[str, ...], out: str, device: str) -> None:
+    """Run a checkpoint or an exported model on images; writes the task's outputs (labels, masks, boxes) to --out."""
+    if (checkpoint is None) == (model_file is None):
+        raise UserError("predict needs exactly one of --checkpoint CKPT or --model FILE (an exported model)")
+    if model_file is not None:
+        from tasks.deploy.predict import predict_exported
 
-    records = runner.predict(checkpoint, list(inputs), out, device=device)
+        records = predict_exported(model_file, list(inputs), out)
+    else:
+        from tasks import runner
+
+        records = runner.predict(checkpoint, list(inputs), out, device=device)
     click.echo(f"{len(records)} image(s) → {out}")
 
 
@@ -350,6 +359,34 @@ def fewshot_eval(ctx, checkpoint, data, runs_dir, protocol, ways, shots, queries
                  f"≥ {shots + queries} images)")
     click.echo(f"{r['ways']}-way {r['shots']}-shot {r['protocol']}, {r['queries']} queries, {r['episodes']} episodes "
                f"over {over}: accuracy {100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f}% (95% CI)")
+
+
+# ---- deploy: export / quantize / prune (tasks/deploy) -------------------------------------------------
+@cli.command()
+@verbosity_options
+@checkpoint_option
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "exported-program"]), default="onnx",
+              show_default=True)
+@click.option("--out", required=True, metavar="FILE", help="The model file; FILE.json gets its preprocessing.")
+@click.option("--dynamic", is_flag=True, help="Any image size (the batch size always varies).")
+@click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset (default: the exporter's).")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
+              help="Input layout of the exported graph (nhwc: (B, H, W, 3) images).")
+@click.option("--data", default=None, metavar="DIR", help="Data for the parity check (default: the run's).")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Validation images the exported file is checked on.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="Largest absolute output difference allowed.")
+def export(checkpoint, fmt, out, dynamic, opset, layout, data, samples, tolerance) -> None:
+    """Export a checkpoint (ONNX, TorchScript, ExportedProgram), checked on validation images before it is kept."""
+    from tasks.deploy.export import export as run_export
+
+    info = run_export(checkpoint, fmt, out, dynamic=dynamic, opset=opset, layout=layout, data=data,
+                      samples=samples, tolerance=tolerance)
+    p = info["parity"]
+    click.echo(f"parity: max abs difference {p['max_abs_diff']:.2e} on {p['images']} validation image(s) "
+               f"(tolerance {p['tolerance']:g})")
+    click.echo(f"wrote {out} and {out}.json")
 
 
 # ---- convert ----------------------------------------------------------------------------------

@@ -42,8 +42,9 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if h % PAD_MULTIPLE or w % PAD_MULTIPLE:
-            x = F.pad(x, (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE))
+        # Always pad (by 0 when already a multiple): no branch on the size, so an exported graph
+        # (ONNX, torch.export) stays valid for every input size.
+        x = F.pad(x, (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE))
         features = self.encoder(x)
         if self.image_skip is not None:
             features.insert(1, self.image_skip(x))
