@@ -74,14 +74,14 @@ class Adapter:
         return [torch.stack(run) for run in out]
 
     # ---- the exported graph ----------------------------------------------------------------
-    def dynamic_shapes(self, dynamic: bool) -> tuple[dict[int, Any], ...]:
+    def dynamic_shapes(self, dynamic: bool, layout: str = "nchw") -> tuple[dict[int, Any], ...]:
         """torch.export's spec for the one input: the batch always varies; height and width with
         ``--dynamic``."""
         from torch.export import Dim
 
         dims = {0: Dim("batch", min=1, max=4096)}
         if dynamic:
-            dims.update({2: Dim.DYNAMIC, 3: Dim.DYNAMIC})
+            dims.update(dict.fromkeys((1, 2) if layout == "nhwc" else (2, 3), Dim.DYNAMIC))
         return (dims,)
 
     def flatten(self, output: Any) -> list[torch.Tensor]:

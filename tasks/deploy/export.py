@@ -26,23 +26,49 @@ from .source import Source, load_source
 log = logging.getLogger(__name__)
 
 
-def real_inputs(src: Source, adapter: Adapter, samples: int, dynamic: bool) -> list[Any]:
-    """Batches of up to ``samples`` validation images. The first (the export example) holds two
-    or more, so the batch axis cannot be specialised; a batch of one checks that it is not. A
-    static export keeps only batches of the example's image size."""
+MIN_TRACE_SIDE = 64  # smaller examples make the deepest map 1x1, which torch.export bakes in as a size limit
+
+
+def real_inputs(src: Source, adapter: Adapter, samples: int, dynamic: bool) -> tuple[Any, list[Any]]:
+    """(export example, parity batches): batches of up to ``samples`` validation images. The
+    example holds two or more images, so the batch axis cannot be specialised; a batch of one
+    checks that it is not. A static export keeps only batches of the example's image size; a
+    dynamic one is also checked on an image resized to a size it was not traced on."""
     data = src.data_or_fail("the parity check (it runs the exported model on validation images)")
     ds = adapter.val_dataset(src.task, data)
     if len(ds) == 0:
         raise UserError(f"no validation images in {data} for the parity check; pass --data DIR")
     images = [adapter.image(ds[i]) for i in range(min(samples, len(ds)))]
     if not adapter.batched:
-        return adapter.batches(images, samples)
+        batches = adapter.batches(images, samples)
+        return batches[0], batches
     if not dynamic:
         images = [im for im in images if im.shape == images[0].shape]
     if len(images) == 1:
         images = images * 2
     batches = adapter.batches(images, samples)
-    return [*batches, batches[0][:1]]
+    example = batches[0]
+    batches.append(example[:1])
+    if dynamic:
+        h, w = example.shape[-2:]
+        scale = max(1.0, MIN_TRACE_SIDE / min(h, w))
+        example = resized(example, round(h * scale), round(w * scale))
+        batches.append(resized(batches[0][:1], round(h * scale) + 32, round(w * scale) + 48))
+    return example, batches
+
+
+def resized(batch: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if tuple(batch.shape[-2:]) == (h, w):
+        return batch
+    return torch.nn.functional.interpolate(batch, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def root_cause(e: BaseException) -> str:
+    """The first line of the innermost exception: the exporters wrap the real reason in advice."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
 
 
 def max_abs_diff(expected: list[torch.Tensor], got: list[torch.Tensor]) -> float:
@@ -103,23 +129,22 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
     src = load_source(checkpoint, data)
     adapter = adapter_for(src.task.name)
     check_request(adapter, fmt, layout, opset)
-    batches = real_inputs(src, adapter, samples, dynamic)
+    example, batches = real_inputs(src, adapter, samples, dynamic)
     module: nn.Module = src.model
     if layout == "nhwc":
         module = NHWCInput(module).eval()
-        batches = [b.permute(0, 2, 3, 1).contiguous() for b in batches]
+        example, *batches = [b.permute(0, 2, 3, 1).contiguous() for b in (example, *batches)]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{formats.SUFFIXES.get(fmt, '')}")
     try:
         try:
-            formats.save(fmt, module, batches[0], tmp, adapter, dynamic, opset)
+            formats.save(fmt, module, example, tmp, adapter, dynamic, opset, layout)
             loaded = formats.load(fmt, tmp, adapter)
             diff = parity(module, loaded, batches, adapter)
         except UserError:
             raise
         except Exception as e:  # an exporter or runtime failure: say which, keep the traceback for --debug
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{fmt} export of the {adapter.task} model failed: {first[:300]}") from e
+            raise UserError(f"{fmt} export of the {adapter.task} model failed: {root_cause(e)}") from e
         n_images = sum(len(b) for b in batches)
         log.debug("parity: max abs difference %.3g over %d validation image(s) in %d batch(es) (tolerance %g)",
                  diff, n_images, len(batches), tolerance)
@@ -127,7 +152,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
             raise UserError(f"parity check failed: the exported model differs from the PyTorch model by up to "
                             f"{diff:.3g} (> --tolerance {tolerance:g}) on {n_images} validation image(s); "
                             f"nothing written")
-        info = describe(src, adapter, fmt, out, tmp, batches[0], dynamic, layout,
+        info = describe(src, adapter, fmt, out, tmp, example, dynamic, layout,
                         {"max_abs_diff": diff, "tolerance": tolerance, "images": n_images, "batches": len(batches)})
         os.replace(tmp, out)
     finally:

@@ -64,13 +64,13 @@ def quiet():
 
 
 def save(fmt: str, module: nn.Module, example: Any, path: Path, adapter: Adapter, dynamic: bool,
-         opset: int | None) -> None:
+         opset: int | None, layout: str = "nchw") -> None:
     """Write ``module`` traced on ``example`` (one batch) to ``path`` in format ``fmt``."""
     with quiet(), torch.no_grad():
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(module, (example,), check_trace=False), str(path))
         elif fmt == "exported-program":
-            torch.export.save(torch.export.export(module, (example,), dynamic_shapes=adapter.dynamic_shapes(dynamic)),
+            torch.export.save(torch.export.export(module, (example,), dynamic_shapes=adapter.dynamic_shapes(dynamic, layout)),
                               str(path))
         elif not adapter.batched:
             axes = {"images": [1, 2], **{name: [0] for name in adapter.output_names}}
@@ -80,7 +80,7 @@ def save(fmt: str, module: nn.Module, example: Any, path: Path, adapter: Adapter
         else:
             torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
                               input_names=list(adapter.input_names), output_names=list(adapter.output_names),
-                              dynamic_shapes=adapter.dynamic_shapes(dynamic), verbose=False)
+                              dynamic_shapes=adapter.dynamic_shapes(dynamic, layout), verbose=False)
 
 
 def load(fmt: str, path: str | Path, adapter: Adapter, threads: int | None = None) -> nn.Module:

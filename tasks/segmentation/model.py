@@ -42,13 +42,14 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        # Always pad (by 0 when already a multiple): no branch on the size, so an exported graph
-        # (ONNX, torch.export) stays valid for every input size.
+        # Pad and crop back with F.pad whatever the size (by 0 when already a multiple of 32): no
+        # branch on the size and no view, so an exported graph (ONNX, torch.export) holds for every size.
         x = F.pad(x, (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE))
         features = self.encoder(x)
         if self.image_skip is not None:
             features.insert(1, self.image_skip(x))
-        return self.segmentation_head(self.decoder(features))[..., :h, :w]
+        logits = self.segmentation_head(self.decoder(features))
+        return F.pad(logits, (0, w - logits.shape[-1], 0, h - logits.shape[-2]))
 
 
 def build_segmentation_model(backbone: str, num_classes: int, head: str = "unet",

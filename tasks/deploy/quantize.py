@@ -1,0 +1,127 @@
+"""``resnet-tasks quantize``: int8 post-training quantisation through PT2E.
+
+The maintained path for CPUs: ``torch.export`` the model, annotate it with torchao's
+``X86InductorQuantizer`` (torch 2.14 no longer ships ``torch.ao.quantization``'s PT2E; the eager
+``torch.ao`` API is deprecated), calibrate on training images, convert, and let
+``torch.compile`` (Inductor, ``freezing``) lower the int8 patterns to oneDNN kernels (VNNI / AMX).
+
+- ``static``: convolutions and linear layers in int8, activation ranges from calibration.
+- ``dynamic``: the linear layers only, activation ranges computed per batch at run time.
+
+The result is saved as an ExportedProgram (``.pt2``, int8 weights) with the sidecar JSON of
+``export``; it runs anywhere ``torch.export.load`` does, at full speed once compiled.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnet_backbones.errors import UserError
+
+from ..engine.runtime import Runtime
+from .adapters import Adapter, adapter_for
+from .export import describe
+from .formats import quiet
+from .measure import latency_ms, saved_bytes
+from .sidecar import sidecar_path, write_json_atomic
+from .source import load_source
+
+log = logging.getLogger(__name__)
+MODES = ("static", "dynamic")
+
+
+def int8_model(model: nn.Module, mode: str, example: torch.Tensor, calibration: list[torch.Tensor],
+               adapter: Adapter) -> nn.Module:
+    """The PT2E-quantised ``model`` (a ``GraphModule`` with int8 weights and quantize/dequantize ops).
+
+    ``strict=True``: the non-strict export of torch 2.14 names a module called twice (torchvision's
+    shared ``relu`` in every residual block) as one source partition, which the quantizer refuses.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer()
+    if mode == "static":
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    else:
+        quantizer.set_module_type_qconfig(nn.Linear, xiq.get_default_x86_inductor_quantization_config(is_dynamic=True))
+    with quiet(), torch.no_grad():
+        graph = torch.export.export(model, (example,), dynamic_shapes=adapter.dynamic_shapes(True), strict=True).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        for batch in calibration:
+            prepared(batch)
+        return convert_pt2e(prepared)
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """``torch.compile`` with Inductor's ``freezing``: weights become constants, so the int8
+    convolutions are prepacked for oneDNN (without it they run as fake-quantised float ops)."""
+    return torch.compile(model, options={"freezing": True})
+
+
+def calibration_batches(src, adapter: Adapter, data: Path, n: int, batch_size: int) -> list[torch.Tensor]:
+    """``n`` training images (seeded draw, evaluation preprocessing), batched."""
+    ds = adapter.train_dataset(src.task, data)
+    if len(ds) == 0:
+        raise UserError(f"no training images in {data} to calibrate on")
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    batches = adapter.batches([adapter.image(ds[i]) for i in order], batch_size)
+    if len(batches[0]) == 1:  # the batch axis is exported dynamic: trace on two or more
+        batches[0] = batches[0].repeat(2, 1, 1, 1)
+    return batches
+
+
+def quantize(checkpoint: str | Path, mode: str, out: str | Path, *, calib_images: int = 64,
+             data: str | Path | None = None, batch_size: int = 16, compile: bool = True) -> dict[str, Any]:
+    """Quantise ``checkpoint`` to int8, save it to ``out`` (``.pt2``) and measure it against the fp32 model.
+
+    Returns the report: the metric before/after on the validation set, size on disk, and CPU latency
+    at batch 1 and ``batch_size`` (fp32 eager vs int8, compiled unless ``compile=False``).
+    """
+    out = Path(out)
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if out.suffix != ".pt2":
+        raise UserError(f"--out {out}: the quantised model is an ExportedProgram, whose file must end in .pt2")
+    src = load_source(checkpoint, data)
+    adapter = adapter_for(src.task.name)
+    if not adapter.quantizable:
+        raise UserError(f"quantize supports classification and segmentation, not {adapter.task}")
+    folder = src.data_or_fail("quantize (calibration on training images, accuracy on validation images)")
+    calibration = calibration_batches(src, adapter, folder, calib_images, batch_size)
+    example = calibration[0]
+    qmodel = int8_model(src.model, mode, example, calibration if mode == "static" else [], adapter)
+    runnable = compiled(qmodel) if compile else qmodel
+
+    rt = Runtime.create("cpu", None, False)
+    val = src.loader(adapter.val_dataset(src.task, folder), batch_size)
+    metric = adapter.metric_name
+    with quiet():
+        before, after = src.task.evaluate(src.model, val, rt)[metric], src.task.evaluate(runnable, val, rt)[metric]
+    lat = {}
+    for b in (1, batch_size):
+        x = example[:1].expand(b, *example.shape[1:]).contiguous()
+        lat[f"batch{b}"] = {"fp32_eager_ms": latency_ms(src.model, x), "int8_ms": latency_ms(runnable, x)}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.pt2")
+    try:
+        with quiet():
+            torch.export.save(torch.export.export(qmodel, (example,), dynamic_shapes=adapter.dynamic_shapes(True)), str(tmp))
+        report = {"mode": mode, "metric": metric, "before": before, "after": after,
+                  "calibration_images": sum(len(b) for b in calibration) if mode == "static" else 0,
+                  "size_mb": {"fp32": saved_bytes(src.model.state_dict()) / 1e6, "int8": tmp.stat().st_size / 1e6},
+                  "latency": lat, "compiled": compile, "threads": torch.get_num_threads()}
+        info = describe(src, adapter, "exported-program", out, tmp, example, True, "nchw",
+                        {"note": "int8: compare `quantization` instead"})
+        info["quantization"] = report
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json_atomic(sidecar_path(out), info)
+    return report
