@@ -389,6 +389,59 @@ def export(checkpoint, fmt, out, dynamic, opset, layout, data, samples, toleranc
     click.echo(f"wrote {out} and {out}.json")
 
 
+@cli.command()
+@verbosity_options
+@checkpoint_option
+@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+              help="static: convolutions and linear layers, calibrated; dynamic: linear layers only.")
+@click.option("--out", required=True, metavar="FILE.pt2", help="The int8 model (ExportedProgram); FILE.json beside it.")
+@click.option("--calib-images", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Training images to calibrate on (static).")
+@click.option("--data", default=None, metavar="DIR", help="Data folder (default: the run's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--compile/--no-compile", default=True, show_default=True,
+              help="Measure the int8 model compiled (torch.compile, how it is deployed) or as exported.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
+def quantize(checkpoint, mode, out, calib_images, data, batch_size, compile, json_out) -> None:
+    """Int8 post-training quantisation (PT2E, X86 inductor quantizer): metric, size and CPU latency before/after."""
+    from tasks.deploy.quantize import quantize as run_quantize
+
+    r = run_quantize(checkpoint, mode, out, calib_images=calib_images, data=data, batch_size=batch_size,
+                     compile=compile)
+    click.echo(f"{r['metric']}: {r['before']:.4f} fp32 → {r['after']:.4f} int8 ({mode})")
+    click.echo(f"size: {r['size_mb']['fp32']:.1f} MB → {r['size_mb']['int8']:.1f} MB")
+    for b, t in r["latency"].items():
+        click.echo(f"latency {b}: {t['fp32_eager_ms']:.1f} ms fp32 eager → {t['int8_ms']:.1f} ms int8 "
+                   f"({t['fp32_eager_ms'] / t['int8_ms']:.2f}x)")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(r, f, indent=1)
+
+
+@cli.command()
+@verbosity_options
+@checkpoint_option
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True,
+              help="Share of the channels of every prunable layer kept.")
+@click.option("--out", required=True, metavar="DIR", help="Run folder for the pruned model (best.pt, prune_report.json).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Then fine-tune this many epochs with the run's own settings (the normal engine).")
+@click.option("--data", default=None, metavar="DIR", help="Data folder (default: the run's).")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
+def prune(checkpoint, keep, out, finetune_epochs, data, overwrite) -> None:
+    """Channel pruning (torch-pruning, L2 magnitude): params, FLOPs, latency and metric before/after."""
+    from tasks.deploy.prune import prune as run_prune
+
+    r = run_prune(checkpoint, keep, out, finetune_epochs=finetune_epochs, data=data, overwrite=overwrite)
+    m = r["metric"]
+    for stage in ("before", "pruned", "finetuned"):
+        if stage in r:
+            s = r[stage]
+            click.echo(f"{stage:10} params {s['params'] / 1e6:6.2f}M  GFLOPs {s['flops'] / 1e9:7.3f}  "
+                       f"latency {s['latency_ms_batch1']:7.1f} ms  {m} {s[m]:.4f}")
+    click.echo(f"FLOPs ratio {r['flops_ratio']:.2f}; pruned model: {out}/best.pt")
+
+
 # ---- convert ----------------------------------------------------------------------------------
 @cli.group()
 def convert() -> None:

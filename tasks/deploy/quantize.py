@@ -55,7 +55,17 @@ def int8_model(model: nn.Module, mode: str, example: torch.Tensor, calibration: 
         prepared = prepare_pt2e(graph, quantizer)
         for batch in calibration:
             prepared(batch)
-        return convert_pt2e(prepared)
+        return drop_unused(convert_pt2e(prepared))
+
+
+def drop_unused(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Remove the float weights the int8 graph no longer reads (else the file keeps both)."""
+    used = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(graph.get_submodule(owner) if owner else graph, attr)
+    return graph
 
 
 def compiled(model: nn.Module) -> nn.Module:
