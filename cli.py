@@ -399,15 +399,15 @@ def export(checkpoint, fmt, out, dynamic, opset, layout, data, samples, toleranc
               help="Training images to calibrate on (static).")
 @click.option("--data", default=None, metavar="DIR", help="Data folder (default: the run's).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--compile/--no-compile", default=True, show_default=True,
-              help="Measure the int8 model compiled (torch.compile, how it is deployed) or as exported.")
+@click.option("--lower/--no-lower", default=True, show_default=True,
+              help="Measure the int8 model lowered to oneDNN int8 kernels (how it is deployed) or as exported.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
-def quantize(checkpoint, mode, out, calib_images, data, batch_size, compile, json_out) -> None:
+def quantize(checkpoint, mode, out, calib_images, data, batch_size, lower, json_out) -> None:
     """Int8 post-training quantisation (PT2E, X86 inductor quantizer): metric, size and CPU latency before/after."""
     from tasks.deploy.quantize import quantize as run_quantize
 
     r = run_quantize(checkpoint, mode, out, calib_images=calib_images, data=data, batch_size=batch_size,
-                     compile=compile)
+                     lower=lower)
     click.echo(f"{r['metric']}: {r['before']:.4f} fp32 → {r['after']:.4f} int8 ({mode})")
     click.echo(f"size: {r['size_mb']['fp32']:.1f} MB → {r['size_mb']['int8']:.1f} MB")
     for b, t in r["latency"].items():

@@ -2,14 +2,16 @@
 
 The maintained path for CPUs: ``torch.export`` the model, annotate it with torchao's
 ``X86InductorQuantizer`` (torch 2.14 no longer ships ``torch.ao.quantization``'s PT2E; the eager
-``torch.ao`` API is deprecated), calibrate on training images, convert, and let
-``torch.compile`` (Inductor, ``freezing``) lower the int8 patterns to oneDNN kernels (VNNI / AMX).
+``torch.ao`` API is deprecated), calibrate on training images, convert, and lower the int8
+patterns to oneDNN kernels (VNNI / AMX) with Inductor's freezing passes, as torchao's
+``lower_pt2e_quantized_to_x86`` does. (``torch.compile(..., freezing=True)`` of the int8 graph
+fails in torch 2.14 + torchao 0.18: ``onednn.qconv_prepack`` has no fake-tensor kernel.)
 
 - ``static``: convolutions and linear layers in int8, activation ranges from calibration.
 - ``dynamic``: the linear layers only, activation ranges computed per batch at run time.
 
-The result is saved as an ExportedProgram (``.pt2``, int8 weights) with the sidecar JSON of
-``export``; it runs anywhere ``torch.export.load`` does, at full speed once compiled.
+The result is saved as an ExportedProgram (``.pt2``, int8 weights and quantize/dequantize ops)
+with the sidecar JSON of ``export``; :func:`load_int8` loads and lowers it again.
 """
 from __future__ import annotations
 
@@ -68,10 +70,29 @@ def drop_unused(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return graph
 
 
-def compiled(model: nn.Module) -> nn.Module:
-    """``torch.compile`` with Inductor's ``freezing``: weights become constants, so the int8
-    convolutions are prepacked for oneDNN (without it they run as fake-quantised float ops)."""
-    return torch.compile(model, options={"freezing": True})
+def lower_x86(model: torch.fx.GraphModule, example: torch.Tensor, adapter: Adapter) -> nn.Module:
+    """The int8 graph with its quantize → conv/linear → dequantize patterns fused into oneDNN int8
+    kernels (VNNI / AMX), runnable eagerly. torchao's ``lower_pt2e_quantized_to_x86`` with the batch
+    and image size kept dynamic (torchao re-exports with the example's fixed shape)."""
+    import torchao.quantization.pt2e.inductor_passes.x86  # noqa: F401  registers the int8 fusion patterns
+    from torch._inductor.constant_folding import constant_fold
+    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
+
+    # Decompose only composite ops (as torchao does): the quantized patterns must stay recognisable.
+    table = {k: v for k, v in torch.export.default_decompositions().items() if torch._export.utils._is_cia_op(k)}
+    with quiet(), torch.no_grad():
+        graph = torch.export.export(model, (example,), dynamic_shapes=adapter.dynamic_shapes(True), strict=True)
+        lowered = graph.run_decompositions(table).module()
+        for node in list(lowered.graph.nodes):  # the patterns expect permute, not aten.t
+            if node.target == torch.ops.aten.t.default:
+                with lowered.graph.inserting_before(node):
+                    permute = lowered.graph.call_function(torch.ops.aten.permute.default, (node.args[0], [1, 0]))
+                node.replace_all_uses_with(permute)
+                lowered.graph.erase_node(node)
+        lowered.recompile()
+        freezing_passes(lowered, (example,))
+        constant_fold(lowered)
+    return lowered
 
 
 def calibration_batches(src, adapter: Adapter, data: Path, n: int, batch_size: int) -> list[torch.Tensor]:
@@ -87,11 +108,12 @@ def calibration_batches(src, adapter: Adapter, data: Path, n: int, batch_size: i
 
 
 def quantize(checkpoint: str | Path, mode: str, out: str | Path, *, calib_images: int = 64,
-             data: str | Path | None = None, batch_size: int = 16, compile: bool = True) -> dict[str, Any]:
+             data: str | Path | None = None, batch_size: int = 16, lower: bool = True) -> dict[str, Any]:
     """Quantise ``checkpoint`` to int8, save it to ``out`` (``.pt2``) and measure it against the fp32 model.
 
     Returns the report: the metric before/after on the validation set, size on disk, and CPU latency
-    at batch 1 and ``batch_size`` (fp32 eager vs int8, compiled unless ``compile=False``).
+    at batch 1 and ``batch_size`` (fp32 eager vs int8 lowered to oneDNN kernels, unless ``lower=False``:
+    then the exported quantize/dequantize graph, which is slow but is what the file holds).
     """
     out = Path(out)
     if mode not in MODES:
@@ -106,7 +128,7 @@ def quantize(checkpoint: str | Path, mode: str, out: str | Path, *, calib_images
     calibration = calibration_batches(src, adapter, folder, calib_images, batch_size)
     example = calibration[0]
     qmodel = int8_model(src.model, mode, example, calibration if mode == "static" else [], adapter)
-    runnable = compiled(qmodel) if compile else qmodel
+    runnable = lower_x86(qmodel, example, adapter) if lower else qmodel
 
     rt = Runtime.create("cpu", None, False)
     val = src.loader(adapter.val_dataset(src.task, folder), batch_size)
@@ -126,7 +148,7 @@ def quantize(checkpoint: str | Path, mode: str, out: str | Path, *, calib_images
         report = {"mode": mode, "metric": metric, "before": before, "after": after,
                   "calibration_images": sum(len(b) for b in calibration) if mode == "static" else 0,
                   "size_mb": {"fp32": saved_bytes(src.model.state_dict()) / 1e6, "int8": tmp.stat().st_size / 1e6},
-                  "latency": lat, "compiled": compile, "threads": torch.get_num_threads()}
+                  "latency": lat, "lowered_to_onednn": lower, "threads": torch.get_num_threads()}
         info = describe(src, adapter, "exported-program", out, tmp, example, True, "nchw",
                         {"note": "int8: compare `quantization` instead"})
         info["quantization"] = report
