@@ -162,7 +162,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
 
 
 def describe(src: Source, adapter: Adapter, fmt: str, out: Path, written: Path, example: Any, dynamic: bool,
-             layout: str, parity_report: dict[str, Any]) -> dict[str, Any]:
+             layout: str, parity_report: dict[str, Any] | None) -> dict[str, Any]:
     """The sidecar: inputs, outputs, preprocessing and classes for any consumer; the task's config and
     metadata for ``resnet-tasks predict --model``."""
     first = example[0] if not adapter.batched else example
@@ -172,7 +172,7 @@ def describe(src: Source, adapter: Adapter, fmt: str, out: Path, written: Path, 
                     "shape": adapter.input_shape(first, dynamic, layout)}],
         "outputs": list(adapter.output_names), "dynamic_size": dynamic or not adapter.batched,
         "classes": adapter.classes(src.task), "preprocessing": adapter.preprocessing(src.task),
-        "parity": parity_report,
+        **({"parity": parity_report} if parity_report else {}),
         "source": {"checkpoint": src.ckpt["path"], "backbone": src.task.cfg.backbone, "torch": torch.__version__},
         "task_config": src.ckpt["task_config"], "task_meta": src.ckpt["task_meta"]}
     if fmt == "onnx":

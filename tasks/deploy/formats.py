@@ -90,7 +90,19 @@ def load(fmt: str, path: str | Path, adapter: Adapter, threads: int | None = Non
     with quiet():  # torch.jit.load warns that TorchScript is deprecated: the user chose it
         if fmt == "torchscript":
             return torch.jit.load(str(path), map_location="cpu").eval()
-        return torch.export.load(str(path)).module()
+        return ProgramModule(torch.export.load(str(path)).module())
+
+
+class ProgramModule(nn.Module):
+    """An ExportedProgram's module, callable where code calls ``.eval()`` (which it refuses: an
+    exported graph has no train mode)."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "program", program)  # not a submodule: .eval() must not reach it
+
+    def forward(self, *args: Any) -> Any:
+        return self.program(*args)
 
 
 def onnx_opset(path: str | Path) -> int:

@@ -30,7 +30,7 @@ from .adapters import Adapter, adapter_for
 from .export import describe
 from .formats import quiet
 from .measure import latency_ms, saved_bytes
-from .sidecar import sidecar_path, write_json_atomic
+from .sidecar import read_sidecar, sidecar_path, write_json_atomic
 from .source import load_source
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,12 @@ def lower_x86(model: torch.fx.GraphModule, example: torch.Tensor, adapter: Adapt
     return lowered
 
 
+def load_int8(path: str | Path, example: torch.Tensor) -> nn.Module:
+    """A ``.pt2`` written by :func:`quantize`, lowered to oneDNN int8 kernels (traced on ``example``)."""
+    meta = read_sidecar(path)
+    return lower_x86(torch.export.load(str(path)).module(), example, adapter_for(meta["task"]))
+
+
 def calibration_batches(src, adapter: Adapter, data: Path, n: int, batch_size: int) -> list[torch.Tensor]:
     """``n`` training images (seeded draw, evaluation preprocessing), batched."""
     ds = adapter.train_dataset(src.task, data)
@@ -149,8 +155,7 @@ def quantize(checkpoint: str | Path, mode: str, out: str | Path, *, calib_images
                   "calibration_images": sum(len(b) for b in calibration) if mode == "static" else 0,
                   "size_mb": {"fp32": saved_bytes(src.model.state_dict()) / 1e6, "int8": tmp.stat().st_size / 1e6},
                   "latency": lat, "lowered_to_onednn": lower, "threads": torch.get_num_threads()}
-        info = describe(src, adapter, "exported-program", out, tmp, example, True, "nchw",
-                        {"note": "int8: compare `quantization` instead"})
+        info = describe(src, adapter, "exported-program", out, tmp, example, True, "nchw", None)
         info["quantization"] = report
         os.replace(tmp, out)
     finally:

@@ -199,3 +199,114 @@ def test_other_bad_requests(runs, tmp_path):
                       "m.onnx.json not found")
     assert_user_error(invoke("predict", "--model", tmp_path / "m.onnx", "--checkpoint", run, images, "--out",
                              tmp_path / "p"), "exactly one of --checkpoint CKPT or --model FILE")
+
+
+# ---- quantize ------------------------------------------------------------------------------------------------------
+def int8_tensors(path: Path) -> int:
+    ep = torch.export.load(str(path))
+    return sum(t.dtype == torch.int8 for t in [*ep.state_dict.values(), *ep.constants.values()])
+
+
+def test_static_int8_is_4x_smaller_and_close_to_fp32(runs, tmp_path):
+    from tasks.deploy.adapters import adapter_for
+    from tasks.deploy.quantize import load_int8
+    from tasks.deploy.source import load_source
+
+    run, data = runs["classification"]
+    out, report = tmp_path / "q.pt2", tmp_path / "r.json"
+    r = invoke("quantize", "--checkpoint", run, "--out", out, "--calib-images", 8, "--batch-size", 4, "--json", report)
+    assert r.exit_code == 0, r.output
+    assert "top1:" in r.output and "latency batch1:" in r.output
+    rep = json.loads(report.read_text())
+    assert rep["calibration_images"] == 8 and rep["size_mb"]["int8"] < 0.3 * rep["size_mb"]["fp32"]
+    assert int8_tensors(out) == 21  # 20 convolutions and the linear head
+    src = load_source(run)
+    val = adapter_for("classification").val_dataset(src.task, data)
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    with torch.no_grad():
+        ref, got = src.model(x), load_int8(out, x)(x)
+    assert torch.nn.functional.cosine_similarity(ref, got).min() > 0.99
+    assert json.loads((tmp_path / "q.pt2.json").read_text())["quantization"]["mode"] == "static"
+    pr = invoke("predict", "--model", out, data / "val", "--out", tmp_path / "pred")
+    assert pr.exit_code == 0, pr.output
+
+
+def test_dynamic_int8_quantises_the_linear_layer_only(runs, tmp_path):
+    run, _ = runs["classification"]
+    out = tmp_path / "d.pt2"
+    r = invoke("quantize", "--checkpoint", run, "--mode", "dynamic", "--out", out, "--batch-size", 4, "--no-lower")
+    assert r.exit_code == 0, r.output
+    assert int8_tensors(out) == 1
+
+
+def test_segmentation_int8(runs, tmp_path):
+    run, _ = runs["segmentation"]
+    r = invoke("quantize", "--checkpoint", run, "--out", tmp_path / "s.pt2", "--calib-images", 4, "--batch-size", 2)
+    assert r.exit_code == 0, r.output
+    assert "miou:" in r.output
+
+
+def test_quantize_bad_requests(runs, tmp_path):
+    assert_user_error(invoke("quantize", "--checkpoint", runs["detection"][0], "--out", tmp_path / "q.pt2"),
+                      "quantize supports classification and segmentation")
+    assert_user_error(invoke("quantize", "--checkpoint", runs["classification"][0], "--out", tmp_path / "q.onnx"),
+                      "must end in .pt2")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- prune ---------------------------------------------------------------------------------------------------------
+def test_fit_shapes_rebuilds_a_pruned_model_from_its_weights():
+    from resnet_backbones import create_backbone
+    from tasks.classification.model import ImageClassifier
+    from tasks.deploy.prune import fit_shapes, prune_channels
+
+    def fresh():
+        return ImageClassifier(create_backbone("resnet18", None, out_features=("c4", "c5")), 3).eval()
+
+    model = fresh()
+    pruned = prune_channels(model, torch.randn(2, 3, 64, 64), 0.8, [model.head])  # the classes stay
+    assert pruned.backbone.layer1[0].conv1.out_channels < 64 and pruned.head.out_features == 3
+    loaded = fresh()
+    fit_shapes(loaded, pruned.state_dict())
+    loaded.load_state_dict(pruned.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+
+
+def test_prune_finetune_load_export(runs, tmp_path):
+    run, data = runs["classification"]
+    out = tmp_path / "pruned"
+    r = invoke("prune", "--checkpoint", run, "--keep", 0.8, "--out", out, "--finetune-epochs", 1)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "prune_report.json").read_text())
+    assert rep["flops_ratio"] <= 0.8 and rep["finetuned"]["params"] < 0.8 * rep["before"]["params"]
+    assert {"before", "pruned", "finetuned"} <= set(rep) and "top1" in rep["finetuned"]
+    _, model, _, ckpt = restore(out, "cpu")
+    assert ckpt["task_meta"]["pruned"]["keep"] == 0.8
+    assert 48 <= model.backbone.layer4[0].conv1.in_channels < 256  # every prunable layer lost channels
+    ev = invoke("evaluate", "--checkpoint", out, "--data", data, "--json", tmp_path / "m.json")
+    assert ev.exit_code == 0, ev.output
+    assert json.loads((tmp_path / "m.json").read_text())["top1"] == pytest.approx(rep["finetuned"]["top1"])
+    ex = invoke("export", "--checkpoint", out, "--out", tmp_path / "p.onnx")
+    assert ex.exit_code == 0, ex.output
+
+
+def test_prune_segmentation_without_finetuning(runs, tmp_path):
+    run, data = runs["segmentation"]
+    out = tmp_path / "pruned"
+    r = invoke("prune", "--checkpoint", run, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "prune_report.json").read_text())["flops_ratio"] <= 0.8
+    pr = invoke("predict", "--checkpoint", out, data / "val" / "images", "--out", tmp_path / "pred")
+    assert pr.exit_code == 0, pr.output
+
+
+def test_prune_bad_requests(runs, tmp_path):
+    assert_user_error(invoke("prune", "--checkpoint", runs["detection"][0], "--out", tmp_path / "p"),
+                      "prune supports classification and segmentation")
+    assert invoke("prune", "--checkpoint", runs["classification"][0], "--keep", 1.5, "--out", tmp_path / "p"
+                  ).exit_code == 2
+    assert_user_error(invoke("prune", "--checkpoint", runs["classification"][0], "--out", runs["classification"][0]),
+                      "already holds a run")
+    assert not (tmp_path / "p").exists()
