@@ -401,13 +401,15 @@ def export(checkpoint, fmt, out, dynamic, opset, layout, data, samples, toleranc
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--lower/--no-lower", default=True, show_default=True,
               help="Measure the int8 model lowered to oneDNN int8 kernels (how it is deployed) or as exported.")
+@click.option("--latency-runs", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Timed runs per latency figure (median; 0 = no latency).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
-def quantize(checkpoint, mode, out, calib_images, data, batch_size, lower, json_out) -> None:
+def quantize(checkpoint, mode, out, calib_images, data, batch_size, lower, latency_runs, json_out) -> None:
     """Int8 post-training quantisation (PT2E, X86 inductor quantizer): metric, size and CPU latency before/after."""
     from tasks.deploy.quantize import quantize as run_quantize
 
     r = run_quantize(checkpoint, mode, out, calib_images=calib_images, data=data, batch_size=batch_size,
-                     lower=lower)
+                     lower=lower, latency_runs=latency_runs)
     click.echo(f"{r['metric']}: {r['before']:.4f} fp32 → {r['after']:.4f} int8 ({mode})")
     click.echo(f"size: {r['size_mb']['fp32']:.1f} MB → {r['size_mb']['int8']:.1f} MB")
     for b, t in r["latency"].items():

@@ -214,7 +214,8 @@ def test_static_int8_is_4x_smaller_and_close_to_fp32(runs, tmp_path):
 
     run, data = runs["classification"]
     out, report = tmp_path / "q.pt2", tmp_path / "r.json"
-    r = invoke("quantize", "--checkpoint", run, "--out", out, "--calib-images", 8, "--batch-size", 4, "--json", report)
+    r = invoke("quantize", "--checkpoint", run, "--out", out, "--calib-images", 8, "--batch-size", 4, "--json", report,
+               "--latency-runs", 2)
     assert r.exit_code == 0, r.output
     assert "top1:" in r.output and "latency batch1:" in r.output
     rep = json.loads(report.read_text())
@@ -234,14 +235,16 @@ def test_static_int8_is_4x_smaller_and_close_to_fp32(runs, tmp_path):
 def test_dynamic_int8_quantises_the_linear_layer_only(runs, tmp_path):
     run, _ = runs["classification"]
     out = tmp_path / "d.pt2"
-    r = invoke("quantize", "--checkpoint", run, "--mode", "dynamic", "--out", out, "--batch-size", 4, "--no-lower")
+    r = invoke("quantize", "--checkpoint", run, "--mode", "dynamic", "--out", out, "--batch-size", 4, "--no-lower",
+               "--latency-runs", 0)
     assert r.exit_code == 0, r.output
     assert int8_tensors(out) == 1
 
 
 def test_segmentation_int8(runs, tmp_path):
     run, _ = runs["segmentation"]
-    r = invoke("quantize", "--checkpoint", run, "--out", tmp_path / "s.pt2", "--calib-images", 4, "--batch-size", 2)
+    r = invoke("quantize", "--checkpoint", run, "--out", tmp_path / "s.pt2", "--calib-images", 4, "--batch-size", 2,
+               "--latency-runs", 1)
     assert r.exit_code == 0, r.output
     assert "miou:" in r.output
 

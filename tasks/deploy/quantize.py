@@ -114,11 +114,12 @@ def calibration_batches(src, adapter: Adapter, data: Path, n: int, batch_size: i
 
 
 def quantize(checkpoint: str | Path, mode: str, out: str | Path, *, calib_images: int = 64,
-             data: str | Path | None = None, batch_size: int = 16, lower: bool = True) -> dict[str, Any]:
+             data: str | Path | None = None, batch_size: int = 16, lower: bool = True,
+             latency_runs: int = 10) -> dict[str, Any]:
     """Quantise ``checkpoint`` to int8, save it to ``out`` (``.pt2``) and measure it against the fp32 model.
 
     Returns the report: the metric before/after on the validation set, size on disk, and CPU latency
-    at batch 1 and ``batch_size`` (fp32 eager vs int8 lowered to oneDNN kernels, unless ``lower=False``:
+    (median of ``latency_runs``; 0 skips it) at batch 1 and ``batch_size`` (fp32 eager vs int8 lowered to oneDNN kernels, unless ``lower=False``:
     then the exported quantize/dequantize graph, which is slow but is what the file holds).
     """
     out = Path(out)
@@ -142,9 +143,10 @@ def quantize(checkpoint: str | Path, mode: str, out: str | Path, *, calib_images
     with quiet():
         before, after = src.task.evaluate(src.model, val, rt)[metric], src.task.evaluate(runnable, val, rt)[metric]
     lat = {}
-    for b in (1, batch_size):
+    for b in (1, batch_size) if latency_runs else ():
         x = example[:1].expand(b, *example.shape[1:]).contiguous()
-        lat[f"batch{b}"] = {"fp32_eager_ms": latency_ms(src.model, x), "int8_ms": latency_ms(runnable, x)}
+        lat[f"batch{b}"] = {"fp32_eager_ms": latency_ms(src.model, x, iters=latency_runs),
+                            "int8_ms": latency_ms(runnable, x, iters=latency_runs)}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.pt2")
