@@ -74,17 +74,31 @@ def run_with_own_runtime(fmt: str, path: Path, x):
     return [module(x)]
 
 
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    """``exported(task, fmt)`` → (file, CLI output) of a ``--dynamic`` export, made once per module."""
+    done: dict[tuple[str, str], tuple[Path, str]] = {}
+
+    def get(task: str, fmt: str) -> tuple[Path, str]:
+        if (task, fmt) not in done:
+            out = tmp_path_factory.mktemp("export") / f"model{FORMATS[fmt]}"
+            r = invoke("export", "--checkpoint", runs[task][0], "--format", fmt, "--out", out, "--dynamic")
+            assert r.exit_code == 0, r.output
+            done[task, fmt] = out, r.output
+        return done[task, fmt]
+
+    return get
+
+
 @pytest.mark.parametrize("task,fmt", CASES)
-def test_round_trip_matches_pytorch_on_unseen_shapes(runs, task, fmt, tmp_path):
+def test_round_trip_matches_pytorch_on_unseen_shapes(runs, exported, task, fmt):
     run, _ = runs[task]
-    out = tmp_path / f"model{FORMATS[fmt]}"
-    r = invoke("export", "--checkpoint", run, "--format", fmt, "--out", out, "--dynamic")
-    assert r.exit_code == 0, r.output
-    assert "parity: max abs difference" in r.output
+    out, output = exported(task, fmt)
+    assert "parity: max abs difference" in output
     meta = json.loads(out.with_name(out.name + ".json").read_text())
     assert meta["task"] == task and meta["model_format"] == fmt and meta["parity"]["max_abs_diff"] <= 1e-4
     assert meta["classes"] and {"mean", "std"} <= set(meta["preprocessing"])
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
     _, model, _, _ = restore(run, "cpu")
     model.eval()
@@ -120,11 +134,11 @@ def test_static_export_fixes_the_image_size_not_the_batch(runs, tmp_path):
 def test_nhwc_layout_takes_channels_last_images(runs, tmp_path):
     import onnxruntime as ort
 
-    run, _ = runs["segmentation"]
+    run, _ = runs["classification"]
     out = tmp_path / "nhwc.onnx"
-    assert invoke("export", "--checkpoint", run, "--out", out, "--layout", "nhwc", "--dynamic").exit_code == 0
+    assert invoke("export", "--checkpoint", run, "--out", out, "--layout", "nhwc").exit_code == 0
     assert json.loads((tmp_path / "nhwc.onnx.json").read_text())["inputs"][0]["layout"] == "NHWC"
-    x = torch.randn(2, 3, 33, 50)
+    x = torch.randn(2, 3, 64, 64)
     s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = s.run(None, {"images": x.permute(0, 2, 3, 1).contiguous().numpy()})[0]
     _, model, _, _ = restore(run, "cpu")
@@ -133,12 +147,11 @@ def test_nhwc_layout_takes_channels_last_images(runs, tmp_path):
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation", "detection"])
-def test_predict_with_the_onnx_file_writes_what_the_checkpoint_writes(runs, task, tmp_path):
+def test_predict_with_the_onnx_file_writes_what_the_checkpoint_writes(runs, exported, task, tmp_path):
     run, data = runs[task]
     images = {"classification": data / "val", "segmentation": data / "val" / "images",
               "detection": data / "images"}[task]
-    model = tmp_path / "m.onnx"
-    assert invoke("export", "--checkpoint", run, "--out", model, "--dynamic").exit_code == 0
+    model, _ = exported(task, "onnx")
     a, b = tmp_path / "onnx", tmp_path / "ckpt"
     r = invoke("predict", "--model", model, images, "--out", a)
     assert r.exit_code == 0, r.output
@@ -244,9 +257,9 @@ def test_dynamic_int8_quantises_the_linear_layer_only(runs, tmp_path):
 def test_segmentation_int8(runs, tmp_path):
     run, _ = runs["segmentation"]
     r = invoke("quantize", "--checkpoint", run, "--out", tmp_path / "s.pt2", "--calib-images", 4, "--batch-size", 2,
-               "--latency-runs", 1)
+               "--latency-runs", 0, "--no-lower")
     assert r.exit_code == 0, r.output
-    assert "miou:" in r.output
+    assert "miou:" in r.output and int8_tensors(tmp_path / "s.pt2") > 20
 
 
 def test_quantize_bad_requests(runs, tmp_path):
