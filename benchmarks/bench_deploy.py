@@ -65,7 +65,7 @@ def bench_backbone(args, backbone: str) -> list[dict]:
     for mode in ("static", "dynamic"):
         t = time.perf_counter()
         q = quantize(run, mode, root / f"int8-{mode}.pt2", data=args.data, calib_images=args.calib_images)
-        rows.append({"backbone": backbone, "variant": f"{mode} int8 (PT2E, compiled)",
+        rows.append({"backbone": backbone, "variant": f"{mode} int8 (PT2E, oneDNN)",
                      "batch1_ms": q["latency"]["batch1"]["int8_ms"], "batch16_ms": q["latency"]["batch16"]["int8_ms"],
                      "size_mb": q["size_mb"]["int8"], "top1": q["after"], "fp32_eager_same_run": q["latency"],
                      "seconds": time.perf_counter() - t})

@@ -69,9 +69,9 @@ def save(fmt: str, module: nn.Module, example: Any, path: Path, adapter: Adapter
     with quiet(), torch.no_grad():
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(module, (example,), check_trace=False), str(path))
-        elif fmt == "exported-program":
-            torch.export.save(torch.export.export(module, (example,), dynamic_shapes=adapter.dynamic_shapes(dynamic, layout)),
-                              str(path))
+        elif fmt == "exported-program":  # a program keeps its example inputs: two images, not the batch
+            program = torch.export.export(module, (example[:2],), dynamic_shapes=adapter.dynamic_shapes(dynamic, layout))
+            torch.export.save(program, str(path))
         elif not adapter.batched:
             axes = {"images": [1, 2], **{name: [0] for name in adapter.output_names}}
             torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset or LEGACY_ONNX_OPSET,
@@ -90,6 +90,7 @@ def load(fmt: str, path: str | Path, adapter: Adapter, threads: int | None = Non
     with quiet():  # torch.jit.load warns that TorchScript is deprecated: the user chose it
         if fmt == "torchscript":
             return torch.jit.load(str(path), map_location="cpu").eval()
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  registers the int8 ops a quantised program uses
         return ProgramModule(torch.export.load(str(path)).module())
 
 

@@ -55,7 +55,7 @@ def int8_model(model: nn.Module, mode: str, example: torch.Tensor, calibration: 
     with quiet(), torch.no_grad():
         graph = torch.export.export(model, (example,), dynamic_shapes=adapter.dynamic_shapes(True), strict=True).module()
         prepared = prepare_pt2e(graph, quantizer)
-        for batch in calibration:
+        for batch in calibration or [example]:  # the weight observers need one pass even for dynamic mode
             prepared(batch)
         return drop_unused(convert_pt2e(prepared))
 
@@ -152,7 +152,9 @@ def quantize(checkpoint: str | Path, mode: str, out: str | Path, *, calib_images
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.pt2")
     try:
         with quiet():
-            torch.export.save(torch.export.export(qmodel, (example,), dynamic_shapes=adapter.dynamic_shapes(True)), str(tmp))
+            # A program keeps its example inputs: two images, not a whole batch, go into the file.
+            torch.export.save(torch.export.export(qmodel, (example[:2],), dynamic_shapes=adapter.dynamic_shapes(True)),
+                              str(tmp))
         report = {"mode": mode, "metric": metric, "before": before, "after": after,
                   "calibration_images": sum(len(b) for b in calibration) if mode == "static" else 0,
                   "size_mb": {"fp32": saved_bytes(src.model.state_dict()) / 1e6, "int8": tmp.stat().st_size / 1e6},
