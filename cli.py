@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 
@@ -171,6 +172,8 @@ def task_command(name: str) -> click.Command:
 
         explicit = {k: v for k, v in values.items() if v is not None}
         result = runner.finetune(name, config_file, explicit, resume=resume, overwrite=overwrite)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+            return
         best = result["best_metric"]
         click.echo(f"done: best {result['primary_metric']} = {best:.4f} (epoch {result['best_epoch']}); "
                    f"run folder {result['run_dir']}" if best is not None else f"done: {result['run_dir']}")
