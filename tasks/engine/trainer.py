@@ -184,11 +184,14 @@ class Trainer:
             if self.trains:
                 self.wrap()
                 self.train_module.train()
-                for counts, total, batches in self.epoch_steps(epoch):
-                    losses = self.train_step(counts, total, batches)
-                    self.call("on_train_batch_end", losses)
-                    if self.should_stop():
-                        break
+                # closed at once, not when garbage-collected: a stop mid-epoch must shut the loader's
+                # workers down now (they ignore SIGTERM, so exiting with them alive would hang)
+                with contextlib.closing(self.epoch_steps(epoch)) as steps:
+                    for counts, total, batches in steps:
+                        losses = self.train_step(counts, total, batches)
+                        self.call("on_train_batch_end", losses)
+                        if self.should_stop():
+                            break
             if self.stop:
                 break
             metrics = self.validate()
