@@ -184,14 +184,16 @@ class Trainer:
             if self.trains:
                 self.wrap()
                 self.train_module.train()
-                # closed at once, not when garbage-collected: a stop mid-epoch must shut the loader's
-                # workers down now (they ignore SIGTERM, so exiting with them alive would hang)
-                with contextlib.closing(self.epoch_steps(epoch)) as steps:
-                    for counts, total, batches in steps:
-                        losses = self.train_step(counts, total, batches)
+                try:
+                    for counts, total in self.epoch_steps(epoch):
+                        losses = self.train_step(counts, total)
                         self.call("on_train_batch_end", losses)
                         if self.should_stop():
                             break
+                finally:
+                    # dropped now, not when a traceback holding this frame is collected: a stop mid-epoch
+                    # must end the loader's workers (they ignore SIGTERM; left alive, exit would hang)
+                    self.batch_iter = None
             if self.stop:
                 break
             metrics = self.validate()
@@ -220,25 +222,25 @@ class Trainer:
         if self.env.distributed and trainable != self.wrapped_params:
             self.train_module, self.wrapped_params = ddp.wrap(self.step_model, self.rt.device), trainable
 
-    def epoch_steps(self, epoch: int) -> Iterator[tuple[list[int], int, Iterator[Any]]]:
+    def epoch_steps(self, epoch: int) -> Iterator[tuple[list[int], int]]:
         """The epoch's steps not trained yet: (this process's batch sizes, samples in the step over all
-        processes, the loader's iterator that yields those batches)."""
+        processes); :attr:`batch_iter` yields the batches."""
         skip = self.state["step_in_epoch"]
         self.batches.set_epoch(epoch, skip=skip)
         self.train_loader.dataset.set_epoch(epoch)
         self.train_loader.generator.manual_seed(loader_seed(self.cfg.seed, epoch))
-        batches = iter(self.train_loader)
+        self.batch_iter = iter(self.train_loader)
         for step, total in zip(self.batches.steps()[skip:], self.batches.step_sizes()[skip:]):
-            yield [len(b) for b in step], total, batches
+            yield [len(b) for b in step], total
 
-    def train_step(self, counts: list[int], total: int, batches: Iterator[Any]) -> dict[str, float]:
+    def train_step(self, counts: list[int], total: int) -> dict[str, float]:
         """One optimiser step over this process's ``counts`` batches: each loss is weighted by its share
         of the step's ``total`` samples, so K accumulated batches (or N processes) give the gradient of
         one K×N larger batch. Returns the loss terms (mean over this process's samples)."""
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for i, n in enumerate(counts):
-            batch = self.rt.to_device(next(batches))
+            batch = self.rt.to_device(next(self.batch_iter))
             last = i == len(counts) - 1  # DDP reduces the gradients once, after the step's last batch
             with contextlib.nullcontext() if last or self.train_module is self.step_model \
                     else self.train_module.no_sync():
