@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .registry import STAGE_STRIDES, get_spec, list_backbones
+from .backbone import stage_strides
+from .registry import get_spec, list_backbones
 
 
 def _imagenet_label(spec) -> str:
@@ -26,6 +27,6 @@ def catalog_rows() -> list[dict]:
         with torch.device("meta"):
             n = sum(p.numel() for p in ResNetBackbone(spec, ("c5",)).parameters())
         rows.append({"name": name, "block": spec.block_type, "params_m": n / 1e6,
-                     "channels": "/".join(map(str, spec.channels)), "strides": "/".join(map(str, STAGE_STRIDES)),
+                     "channels": "/".join(map(str, spec.channels)), "strides": "/".join(map(str, stage_strides("imagenet"))),
                      "imagenet": _imagenet_label(spec)})
     return rows

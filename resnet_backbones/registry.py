@@ -14,7 +14,6 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from .errors import UserError
 
 STAGE_NAMES = ("c1", "c2", "c3", "c4", "c5")
-STAGE_STRIDES = (2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)

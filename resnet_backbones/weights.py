@@ -7,6 +7,7 @@ Every file is read with ``torch.load(weights_only=True)`` or safetensors: no pic
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from torch import nn
 
 from .errors import WeightsError
 from .registry import BackboneSpec, get_spec, list_backbones
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -212,6 +215,30 @@ def guess_architecture(sd: Mapping[str, torch.Tensor]) -> str | None:
         if want == have:
             return name
     return None
+
+
+def fit_stem(sd: Mapping[str, torch.Tensor], conv1: nn.Conv2d, source: str) -> dict[str, torch.Tensor]:
+    """``sd`` with its ``conv1.weight`` fitted to ``conv1``, as timm does when it loads pretrained weights.
+
+    Other input channels: RGB filters summed for 1 channel, else repeated and scaled by 3/N
+    (``timm.models.adapt_input_conv``). A 7×7 filter for the 3×3 CIFAR stem cannot be adapted: it is
+    left out, and the log says that conv1 keeps its random initialisation.
+    """
+    w = sd.get("conv1.weight")
+    if w is None or w.shape == conv1.weight.shape or w.dim() != 4:
+        return dict(sd)
+    sd = dict(sd)
+    if tuple(w.shape[2:]) != tuple(conv1.weight.shape[2:]):
+        sd["conv1.weight"] = conv1.weight.detach().clone()  # the model's own initialisation loads back
+        log.warning(f"{source}: conv1 is {w.shape[2]}×{w.shape[3]} in the file but {conv1.kernel_size[0]}×"
+                    f"{conv1.kernel_size[1]} in this stem; conv1 keeps its random initialisation "
+                    "(every other layer loads)")
+        return sd
+    if w.shape[0] == conv1.out_channels and w.shape[1] != conv1.in_channels:
+        from timm.models import adapt_input_conv
+
+        sd["conv1.weight"] = adapt_input_conv(conv1.in_channels, w)
+    return sd
 
 
 def load_trunk_weights(module: nn.Module, sd: Mapping[str, torch.Tensor], arch: str, source: str) -> None:

@@ -13,7 +13,7 @@ from resnet_backbones import FPN, BackboneWithFPN, UserError, create_backbone
 @pytest.mark.parametrize("p6", [False, True])
 def test_fpn_levels_shapes_and_feature_info(arch, p6):
     torch.manual_seed(0)
-    model = create_backbone(arch, weights=None, fpn=True, fpn_p6=p6).eval()
+    model = create_backbone(arch, weights=None, fpn=True, fpn_extra="maxpool" if p6 else None).eval()
     assert isinstance(model, BackboneWithFPN) and model.out_channels == 256
     want = [("p2", 4), ("p3", 8), ("p4", 16), ("p5", 32)] + ([("p6", 64)] if p6 else [])
     assert [(f.name, f.channels, f.stride) for f in model.feature_info] == [(n, 256, s) for n, s in want]
@@ -29,7 +29,7 @@ def test_fpn_levels_shapes_and_feature_info(arch, p6):
 
 def test_fpn_channels_and_subset_of_levels():
     model = create_backbone("resnet18", weights=None, out_features=("c3", "c4", "c5"), fpn=True,
-                            fpn_channels=64, fpn_p6=True)
+                            fpn_channels=64, fpn_extra="maxpool")
     assert [(f.name, f.channels, f.stride) for f in model.feature_info] == [
         ("p3", 64, 8), ("p4", 64, 16), ("p5", 64, 32), ("p6", 64, 64)]
     # the FPN's lateral convolutions are sized from the body's metadata (128/256/512 for resnet18)
@@ -55,7 +55,7 @@ def test_fpn_invalid_arguments(kwargs, match):
 
 def test_freezing_through_the_fpn_wrapper():
     torch.manual_seed(0)
-    model = create_backbone("resnet18", weights=None, fpn=True, fpn_p6=True, freeze_stages=2).train()
+    model = create_backbone("resnet18", weights=None, fpn=True, fpn_extra="maxpool", freeze_stages=2).train()
     assert model.preprocessing is model.body.preprocessing
     assert all(p.requires_grad for p in model.fpn.parameters())
     for name, m in model.body.named_modules():

@@ -21,7 +21,7 @@ def small_box_head(channels: int) -> dict:
 
 
 def fpn_detector() -> FasterRCNN:
-    backbone = create_backbone("resnet18", weights=None, fpn=True, fpn_p6=True, fpn_channels=64, freeze_stages=1)
+    backbone = create_backbone("resnet18", weights=None, fpn=True, fpn_extra="maxpool", fpn_channels=64, freeze_stages=1)
     levels = [f.name for f in backbone.feature_info]
     assert levels == ["p2", "p3", "p4", "p5", "p6"]
     anchors = AnchorGenerator(sizes=tuple((8 * f.stride,) for f in backbone.feature_info),  # one size per level

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..backbone import ResNetBackbone
+from ..features import FeatureInfoList
 from ..registry import STAGE_NAMES, get_spec, list_backbones
-from ..weights import load_trunk_weights, resolve_weights
+from ..weights import fit_stem, load_trunk_weights, resolve_weights
 
 PREFIX = "rt-"
 
@@ -23,7 +24,8 @@ PREFIX = "rt-"
 class SmpEncoder(nn.Module):
     """smp encoder protocol (list of features, input first) over a :class:`ResNetBackbone`."""
 
-    _is_torch_scriptable = False
+    _is_torch_scriptable = True
+    __jit_unused_properties__ = ["out_channels", "output_stride", "feature_info", "preprocessing"]
     _is_torch_exportable = True
     _is_torch_compilable = True
 
@@ -50,7 +52,7 @@ class SmpEncoder(nn.Module):
     @property
     def feature_info(self):
         # After make_dilated() the deepest stages keep the output stride; report what they produce.
-        return tuple(replace(f, stride=min(f.stride, self.output_stride)) for f in self.backbone.feature_info)
+        return FeatureInfoList(replace(f, stride=min(f.stride, self.output_stride)) for f in self.backbone.feature_info)
 
     @property
     def preprocessing(self):
@@ -60,10 +62,9 @@ class SmpEncoder(nn.Module):
         """Load ``"imagenet"``/``"torchvision:…"``/``"timm:…"``/a file into the encoder."""
         sd, pre = resolve_weights(self.backbone.spec, weights)
         if sd is not None:
-            if self._in_channels != 3 and "conv1.weight" in sd:
-                # smp patched conv1 for in_channels != 3 at construction, before any weights existed,
-                # so a 3-channel file never fit; adapt the file's conv1 the way smp does when it loads.
-                sd = {**sd, "conv1.weight": _adapt_first_conv(sd["conv1.weight"], self._in_channels)}
+            # smp patched conv1 for in_channels != 3 at construction, before any weights existed,
+            # so a 3-channel file never fit; adapt the file's conv1 as smp and timm do when loading.
+            sd = fit_stem(sd, self.backbone.conv1, str(weights))
             load_trunk_weights(self.backbone, sd, self.backbone.spec.name, str(weights))
         self.backbone.preprocessing = pre
         return self
@@ -98,18 +99,10 @@ class SmpEncoder(nn.Module):
                     replace_strides_with_dilation(m, stage_stride // output_stride)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [x, *self.backbone(x).values()]
-
-
-def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """RGB conv1 weights for ``in_channels`` inputs, as smp's ``patch_first_conv(pretrained=True)``:
-    summed for 1 channel, else RGB repeated cyclically and scaled by 3 / in_channels."""
-    if weight.shape[1] != 3:
-        return weight  # not an RGB conv1: let the loader report the shape mismatch
-    if in_channels == 1:
-        return weight.sum(1, keepdim=True)
-    idx = torch.arange(in_channels) % 3
-    return weight[:, idx] * (3 / in_channels)
+        out = [x]
+        for f in self.backbone(x).values():  # a loop, not [x, *…]: TorchScript has no starred lists
+            out.append(f)
+        return out
 
 
 def register_smp_encoders() -> list[str]:

@@ -1,6 +1,8 @@
 """Backbone → global average pool → classifier (linear or cosine / prototype)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +29,10 @@ class CosineClassifier(nn.Module):
         return logits - self.scale * margin * F.one_hot(target, logits.shape[1]).to(logits.dtype)
 
 
+def global_pool(x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
 HEADS = ("linear", "cosine", "prototype", "imprint")
 
 
@@ -48,17 +54,19 @@ class ImageClassifier(nn.Module):
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.head = nn.Linear(dim, num_classes) if head == "linear" else CosineClassifier(dim, num_classes)
 
-    def features(self, x: torch.Tensor, levels: tuple[str, ...] = ("c5",)) -> torch.Tensor:
+    def features(self, x: torch.Tensor, levels: Sequence[str] = ("c5",)) -> torch.Tensor:
         """Globally pooled ``c5`` (what the head sees); with several ``levels`` (e.g. ``("c4", "c5")``,
         which the backbone must output) each pooled level is L2-normalised and they are concatenated,
         so that every level weighs the same in a cosine similarity."""
         maps = self.backbone(x)
-        pooled = [torch.flatten(F.adaptive_avg_pool2d(maps[k], 1), 1) for k in levels]
+        pooled = [global_pool(maps[k]) for k in levels]
         return pooled[0] if len(pooled) == 1 else torch.cat([F.normalize(p, dim=1) for p in pooled], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A 2-D input is an already-computed feature batch (frozen-backbone feature cache).
-        return self.head(x if x.dim() == 2 else self.features(x))
+        if x.dim() == 2:
+            return self.head(x)
+        return self.head(global_pool(self.backbone(x)["c5"]))  # features(x), in words TorchScript compiles
 
     @torch.no_grad()
     def set_prototypes(self, feats: torch.Tensor, labels: torch.Tensor) -> None:

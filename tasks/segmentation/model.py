@@ -21,6 +21,9 @@ PAD_MULTIPLE = 32  # the encoder's total stride
 class SegmentationModel(nn.Module):
     """Logits ``(B, num_classes, H, W)`` for images ``(B, 3, H, W)`` of any size.
 
+    Scriptable and traceable; with ``torch.export`` the spatial sizes are dynamic in multiples of
+    32 (``32 * Dim(...)``), as symbolic shapes cannot follow the padding to a multiple.
+
     Args:
         encoder: smp-protocol encoder (list of features, the input first).
         decoder: smp decoder taking that list.
@@ -39,11 +42,13 @@ class SegmentationModel(nn.Module):
         super().__init__()
         self.encoder, self.decoder, self.segmentation_head = encoder, decoder, segmentation_head
         self.image_skip = image_skip
+        self.pad_multiple = PAD_MULTIPLE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if h % PAD_MULTIPLE or w % PAD_MULTIPLE:
-            x = F.pad(x, (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE))
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.pad_multiple  # an attribute: TorchScript does not read module-level ints
+        if h % m or w % m:
+            x = F.pad(x, (0, -w % m, 0, -h % m))
         features = self.encoder(x)
         if self.image_skip is not None:
             features.insert(1, self.image_skip(x))

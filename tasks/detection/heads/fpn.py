@@ -22,7 +22,7 @@ def fpn_parts(backbone: str, weights: str | None, freeze_stages: int, norm: str,
         (['p2', 'p3', 'p4', 'p5', 'p6'], 1024)
     """
     net = create_backbone(backbone, weights=weights, freeze_stages=freeze_stages, norm=norm,
-                          fpn=True, fpn_channels=fpn_channels, fpn_p6=True)
+                          fpn=True, fpn_channels=fpn_channels, fpn_extra="maxpool")
     levels = [f.name for f in net.feature_info]
     if len(anchor_sizes) != len(levels):
         raise UserError(f"--anchor-sizes needs one size per FPN level ({', '.join(levels)}): "
