@@ -118,11 +118,20 @@ def cli(debug: bool) -> None:
 @click.option("--describe", "describe_name", metavar="NAME", help="Per-stage freezing summary of one backbone.")
 @click.option("--freeze-stages", type=int, default=0, show_default=True, help="With --describe.")
 @click.option("--norm", type=click.Choice(["bn", "frozen_bn"]), default="bn", show_default=True)
-def backbones(describe_name: str | None, freeze_stages: int, norm: str) -> None:
+@click.option("--weights", "list_weights", is_flag=True,
+              help="List every weights tag per architecture (torchvision, timm) with its source and top-1.")
+def backbones(describe_name: str | None, freeze_stages: int, norm: str, list_weights: bool) -> None:
     """List the registry (params, feature channels/strides, default ImageNet weights)."""
     from resnet_backbones import create_backbone, describe
-    from resnet_backbones.catalog import catalog_rows
+    from resnet_backbones.catalog import catalog_rows, weights_rows
 
+    if list_weights:
+        click.echo(f"{'name':18} {'weights (--weights)':44} {'top-1':>6}  source")
+        for r in weights_rows():
+            top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "-"
+            click.echo(f"{r['name']:18} {r['weights'] + (' *' if r['default'] else ''):44} {top1:>6}  {r['source']}")
+        click.echo("* = what --weights imagenet loads")
+        return
     if describe_name:
         click.echo(describe(create_backbone(describe_name, weights=None, freeze_stages=freeze_stages, norm=norm)))
         return
