@@ -27,7 +27,8 @@ def catalog_rows() -> list[dict]:
         with torch.device("meta"):
             n = sum(p.numel() for p in ResNetBackbone(spec, ("c5",)).parameters())
         rows.append({"name": name, "block": spec.block_type, "params_m": n / 1e6,
-                     "channels": "/".join(map(str, spec.channels)), "strides": "/".join(map(str, stage_strides("imagenet"))),
+                     "channels": "/".join(map(str, spec.channels)),
+                     "strides": "/".join(map(str, stage_strides("imagenet"))),
                      "imagenet": _imagenet_label(spec)})
     return rows
 

@@ -84,7 +84,8 @@ def test_names_and_mismatches(fasterrcnn_file, tmp_path):
     # a local file does not name its classes: with another class count the predictor starts afresh
     assert report["initialised_afresh"] == ["roi_heads.box_predictor"]
     sd = torch.load(fasterrcnn_file, weights_only=True)
-    assert torch.equal(other_classes.backbone.fpn.fpn.inner_blocks[0][0].weight, sd["backbone.fpn.inner_blocks.0.0.weight"])
+    assert torch.equal(other_classes.backbone.fpn.fpn.inner_blocks[0][0].weight,
+                       sd["backbone.fpn.inner_blocks.0.0.weight"])
 
 
 def test_tfa_init_from_a_torchvision_detector_file(fasterrcnn_file, tmp_path):

@@ -257,7 +257,8 @@ class CocoDetection(Dataset):
         if masks:
             bare = [a["id"] for lst in split.annotations.values() for a in lst if "segmentation" not in a]
             if bare:
-                raise DataError(f"{split.source}: {len(bare)} annotation(s) have no 'segmentation' (e.g. id {bare[0]}), "
+                raise DataError(f"{split.source}: {len(bare)} annotation(s) have no 'segmentation' "
+                                f"(e.g. id {bare[0]}), "
                                 "which Mask R-CNN needs; add masks (resnet-tasks convert masks-to-coco) or use "
                                 "another --head")
 

@@ -23,8 +23,9 @@ from .heads.predictor import transfer_rows
 
 log = logging.getLogger(__name__)
 
-# torchvision builder → (our head, backbone); the architecture settings they were trained with.
-DETECTORS = {"fasterrcnn_resnet50_fpn": "fpn", "maskrcnn_resnet50_fpn": "maskrcnn", "retinanet_resnet50_fpn": "retinanet"}
+# torchvision builder → our --head; the architecture settings they were built with.
+DETECTORS = {"fasterrcnn_resnet50_fpn": "fpn", "maskrcnn_resnet50_fpn": "maskrcnn",
+             "retinanet_resnet50_fpn": "retinanet"}
 TORCHVISION_ARCH = {"backbone": "resnet50", "fpn_channels": 256, "box_head_dim": 1024, "roi_pool_size": 7,
                     "anchor_sizes": (32, 64, 128, 256, 512), "fpn_extra_from": "p5"}
 _DETECTOR_KEYS = ("rpn.", "roi_heads.", "head.")
@@ -93,7 +94,8 @@ def load_detector_weights(model: nn.Module, weights: str, class_names: list[str]
     own = model.state_dict()
     predictors = tuple(f"{n}." for n in model.predictor_modules)
     body = {k: v for k, v in sd.items() if not k.startswith(predictors)}
-    missing = [k for k in own if k not in body and not k.startswith(predictors) and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in body and not k.startswith(predictors)
+               and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in body if k not in own and not k.endswith("num_batches_tracked")]
     wrong = [k for k in body if k in own and body[k].shape != own[k].shape]
     if missing or unexpected or wrong:

@@ -23,7 +23,7 @@ from .heads import HEAD_DEFAULTS
 from .heads.predictor import transfer_rows
 from .metrics import MASK_THRESHOLD, coco_box_metrics, to_coco_results
 from .model import MAX_SIZE_RATIO, Detector, build_detector
-from .pretrained import is_detector_source, load_detector_weights
+from .pretrained import DETECTORS, detector_name, is_detector_source, load_detector_weights
 from .transforms import train_transform
 from .visualize import draw_boxes
 
@@ -118,6 +118,9 @@ class DetectionTask(Task):
         init = self._init_checkpoint() if cfg.init_from and detector is None else None
         if init is not None and self.preprocessing is None:
             self.preprocessing = Preprocessing.from_dict(init["task_meta"]["preprocessing"])
+        wanted_head = DETECTORS.get(detector_name(detector) or "")
+        if wanted_head is not None and wanted_head != cfg.head:
+            raise UserError(f"{detector} is a {wanted_head} detector: pass --head {wanted_head}")
         if detector is not None and self.preprocessing is None:
             self.preprocessing = Preprocessing(source=str(detector))  # torchvision's detectors: ImageNet mean/std
         if cfg.norm == "frozen_bn" and cfg.weights is None and init is None and self.preprocessing is None:
