@@ -288,15 +288,24 @@ def evaluate(checkpoint: str, data: str, device: str, batch_size: int, json_out:
 
 @cli.command()
 @verbosity_options
-@checkpoint_option
+@click.option("--checkpoint", default=None, metavar="CKPT", help="A checkpoint file or a run folder (uses best.pt).")
+@click.option("--model", "model_file", default=None, metavar="FILE",
+              help="Instead of --checkpoint: a file written by `export` (ONNX runs on ONNX Runtime).")
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES_OR_DIR...")
 @click.option("--out", required=True, metavar="DIR", help="Output folder.")
 @device_option
-def predict(checkpoint: str, inputs: tuple[str, ...], out: str, device: str) -> None:
-    """Run a checkpoint on images; writes the task's outputs (labels, masks, boxes) to --out."""
-    from tasks import runner
+def predict(checkpoint: str | None, model_file: str | None, inputs: tuple[str, ...], out: str, device: str) -> None:
+    """Run a checkpoint or an exported model on images; writes the task's outputs (labels, masks, boxes) to --out."""
+    if (checkpoint is None) == (model_file is None):
+        raise UserError("predict needs exactly one of --checkpoint CKPT or --model FILE (an exported model)")
+    if model_file is not None:
+        from tasks.deploy.predict import predict_exported
 
-    records = runner.predict(checkpoint, list(inputs), out, device=device)
+        records = predict_exported(model_file, list(inputs), out)
+    else:
+        from tasks import runner
+
+        records = runner.predict(checkpoint, list(inputs), out, device=device)
     click.echo(f"{len(records)} image(s) → {out}")
 
 
@@ -359,6 +368,89 @@ def fewshot_eval(ctx, checkpoint, data, runs_dir, protocol, ways, shots, queries
                  f"≥ {shots + queries} images)")
     click.echo(f"{r['ways']}-way {r['shots']}-shot {r['protocol']}, {r['queries']} queries, {r['episodes']} episodes "
                f"over {over}: accuracy {100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f}% (95% CI)")
+
+
+# ---- deploy: export / quantize / prune (tasks/deploy) -------------------------------------------------
+@cli.command()
+@verbosity_options
+@checkpoint_option
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "exported-program"]), default="onnx",
+              show_default=True)
+@click.option("--out", required=True, metavar="FILE", help="The model file; FILE.json gets its preprocessing.")
+@click.option("--dynamic", is_flag=True, help="Any image size (the batch size always varies).")
+@click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset (default: the exporter's).")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
+              help="Input layout of the exported graph (nhwc: (B, H, W, 3) images).")
+@click.option("--data", default=None, metavar="DIR", help="Data for the parity check (default: the run's).")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Validation images the exported file is checked on.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="Largest absolute output difference allowed.")
+def export(checkpoint, fmt, out, dynamic, opset, layout, data, samples, tolerance) -> None:
+    """Export a checkpoint (ONNX, TorchScript, ExportedProgram), checked on validation images before it is kept."""
+    from tasks.deploy.export import export as run_export
+
+    info = run_export(checkpoint, fmt, out, dynamic=dynamic, opset=opset, layout=layout, data=data,
+                      samples=samples, tolerance=tolerance)
+    p = info["parity"]
+    click.echo(f"parity: max abs difference {p['max_abs_diff']:.2e} on {p['images']} validation image(s) "
+               f"(tolerance {p['tolerance']:g})")
+    click.echo(f"wrote {out} and {out}.json")
+
+
+@cli.command()
+@verbosity_options
+@checkpoint_option
+@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+              help="static: convolutions and linear layers, calibrated; dynamic: linear layers only.")
+@click.option("--out", required=True, metavar="FILE.pt2", help="The int8 model (ExportedProgram); FILE.json beside it.")
+@click.option("--calib-images", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Training images to calibrate on (static).")
+@click.option("--data", default=None, metavar="DIR", help="Data folder (default: the run's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lower/--no-lower", default=True, show_default=True,
+              help="Measure the int8 model lowered to oneDNN int8 kernels (how it is deployed) or as exported.")
+@click.option("--latency-runs", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Timed runs per latency figure (median; 0 = no latency).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
+def quantize(checkpoint, mode, out, calib_images, data, batch_size, lower, latency_runs, json_out) -> None:
+    """Int8 post-training quantisation (PT2E, X86 inductor quantizer): metric, size and CPU latency before/after."""
+    from tasks.deploy.quantize import quantize as run_quantize
+
+    r = run_quantize(checkpoint, mode, out, calib_images=calib_images, data=data, batch_size=batch_size,
+                     lower=lower, latency_runs=latency_runs)
+    click.echo(f"{r['metric']}: {r['before']:.4f} fp32 → {r['after']:.4f} int8 ({mode})")
+    click.echo(f"size: {r['size_mb']['fp32']:.1f} MB → {r['size_mb']['int8']:.1f} MB")
+    for b, t in r["latency"].items():
+        click.echo(f"latency {b}: {t['fp32_eager_ms']:.1f} ms fp32 eager → {t['int8_ms']:.1f} ms int8 "
+                   f"({t['fp32_eager_ms'] / t['int8_ms']:.2f}x)")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(r, f, indent=1)
+
+
+@cli.command()
+@verbosity_options
+@checkpoint_option
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True,
+              help="Share of the channels of every prunable layer kept.")
+@click.option("--out", required=True, metavar="DIR", help="Run folder for the pruned model (best.pt, prune_report.json).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Then fine-tune this many epochs with the run's own settings (the normal engine).")
+@click.option("--data", default=None, metavar="DIR", help="Data folder (default: the run's).")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
+def prune(checkpoint, keep, out, finetune_epochs, data, overwrite) -> None:
+    """Channel pruning (torch-pruning, L2 magnitude): params, FLOPs, latency and metric before/after."""
+    from tasks.deploy.prune import prune as run_prune
+
+    r = run_prune(checkpoint, keep, out, finetune_epochs=finetune_epochs, data=data, overwrite=overwrite)
+    m = r["metric"]
+    for stage in ("before", "pruned", "finetuned"):
+        if stage in r:
+            s = r[stage]
+            click.echo(f"{stage:10} params {s['params'] / 1e6:6.2f}M  GFLOPs {s['flops'] / 1e9:7.3f}  "
+                       f"latency {s['latency_ms_batch1']:7.1f} ms  {m} {s[m]:.4f}")
+    click.echo(f"FLOPs ratio {r['flops_ratio']:.2f}; pruned model: {out}/best.pt")
 
 
 # ---- convert ----------------------------------------------------------------------------------

@@ -139,6 +139,10 @@ def restore(checkpoint: str | Path, device: str = "auto"):
     task = get_task_class(ckpt["task"]).from_checkpoint(cfg, ckpt["task_meta"],
                                                         seed=ckpt["train_config"].get("seed", 0))
     model = task.build_model()
+    if ckpt["task_meta"].get("pruned"):  # `resnet-tasks prune`: layers take the shapes of the saved weights
+        from .deploy.prune import fit_shapes
+
+        fit_shapes(model, ckpt["model"])
     model.load_state_dict(ckpt["model"])
     rt = Runtime.create(device, None, True)
     rt.prepare_model(model).eval()

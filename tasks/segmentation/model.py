@@ -47,12 +47,14 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         m = self.pad_multiple  # an attribute: TorchScript does not read module-level ints
-        if h % m or w % m:
-            x = F.pad(x, (0, -w % m, 0, -h % m))
+        # Pad and crop back with F.pad whatever the size (by 0 when already a multiple): no branch on
+        # the size and no view, so an exported graph (ONNX, torch.export) holds for every size.
+        x = F.pad(x, (0, -w % m, 0, -h % m))
         features = self.encoder(x)
         if self.image_skip is not None:
             features.insert(1, self.image_skip(x))
-        return self.segmentation_head(self.decoder(features))[..., :h, :w]
+        logits = self.segmentation_head(self.decoder(features))
+        return F.pad(logits, (0, w - logits.shape[-1], 0, h - logits.shape[-2]))
 
 
 def build_segmentation_model(backbone: str, num_classes: int, head: str = "unet",
