@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 
@@ -118,11 +119,20 @@ def cli(debug: bool) -> None:
 @click.option("--describe", "describe_name", metavar="NAME", help="Per-stage freezing summary of one backbone.")
 @click.option("--freeze-stages", type=int, default=0, show_default=True, help="With --describe.")
 @click.option("--norm", type=click.Choice(["bn", "frozen_bn"]), default="bn", show_default=True)
-def backbones(describe_name: str | None, freeze_stages: int, norm: str) -> None:
+@click.option("--weights", "list_weights", is_flag=True,
+              help="List every weights tag per architecture (torchvision, timm) with its source and top-1.")
+def backbones(describe_name: str | None, freeze_stages: int, norm: str, list_weights: bool) -> None:
     """List the registry (params, feature channels/strides, default ImageNet weights)."""
     from resnet_backbones import create_backbone, describe
-    from resnet_backbones.catalog import catalog_rows
+    from resnet_backbones.catalog import catalog_rows, weights_rows
 
+    if list_weights:
+        click.echo(f"{'name':18} {'weights (--weights)':44} {'top-1':>6}  source")
+        for r in weights_rows():
+            top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "-"
+            click.echo(f"{r['name']:18} {r['weights'] + (' *' if r['default'] else ''):44} {top1:>6}  {r['source']}")
+        click.echo("* = what --weights imagenet loads")
+        return
     if describe_name:
         click.echo(describe(create_backbone(describe_name, weights=None, freeze_stages=freeze_stages, norm=norm)))
         return
@@ -171,6 +181,8 @@ def task_command(name: str) -> click.Command:
 
         explicit = {k: v for k, v in values.items() if v is not None}
         result = runner.finetune(name, config_file, explicit, resume=resume, overwrite=overwrite)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+            return
         best = result["best_metric"]
         click.echo(f"done: best {result['primary_metric']} = {best:.4f} (epoch {result['best_epoch']}); "
                    f"run folder {result['run_dir']}" if best is not None else f"done: {result['run_dir']}")
@@ -463,15 +475,52 @@ def convert() -> None:
 @click.option("--out", required=True, metavar="FILE.json")
 @click.option("--category", "categories", multiple=True, metavar="NAME",
               help="Category name (repeat for several; default: one category 'object').")
-def masks_to_coco(masks_dir: str, images_dir: str | None, out: str, categories: tuple[str, ...]) -> None:
+@click.option("--mask-suffix", default="", metavar="SUFFIX",
+              help="Masks are named <image stem>SUFFIX.png (PennFudan: _mask).")
+def masks_to_coco(masks_dir: str, images_dir: str | None, out: str, categories: tuple[str, ...],
+                  mask_suffix: str) -> None:
     """Instance-mask PNGs (0 = background, 1…K one object each) → COCO JSON (boxes + RLE masks)."""
     from pathlib import Path
 
     from tasks.detection.convert import masks_to_coco as convert_masks
 
     summary = convert_masks(Path(masks_dir), Path(out), Path(images_dir) if images_dir else None,
-                            list(categories) or None)
+                            list(categories) or None, mask_suffix=mask_suffix)
     click.echo(json.dumps(summary))
+
+
+@convert.command("voc-to-coco")
+@click.argument("annotations_dir", metavar="VOC_ANNOTATIONS_DIR")
+@click.option("--out", required=True, metavar="FILE.json")
+@click.option("--category", "categories", multiple=True, metavar="NAME",
+              help="Category names in label order (repeat; default: the names found, sorted).")
+def voc_to_coco(annotations_dir: str, out: str, categories: tuple[str, ...]) -> None:
+    """Pascal VOC XML files (one per image) → COCO JSON; difficult objects become crowd regions."""
+    from pathlib import Path
+
+    from tasks.detection.formats import voc_to_coco as convert_voc
+
+    click.echo(json.dumps(convert_voc(Path(annotations_dir), Path(out), list(categories) or None)))
+
+
+@convert.command("yolo-to-coco")
+@click.argument("labels_dir", metavar="YOLO_LABELS_DIR")
+@click.option("--images", "images_dir", required=True, metavar="DIR", help="The images the txt files belong to.")
+@click.option("--out", required=True, metavar="FILE.json")
+@click.option("--classes", "classes_file", default=None, metavar="FILE", help="classes.txt or YOLO data.yaml.")
+@click.option("--category", "categories", multiple=True, metavar="NAME", help="Instead of --classes: names in "
+              "class-index order (repeat).")
+def yolo_to_coco(labels_dir: str, images_dir: str, out: str, classes_file: str | None,
+                 categories: tuple[str, ...]) -> None:
+    """YOLO txt labels (boxes or polygons, 0…1) → COCO JSON."""
+    from pathlib import Path
+
+    from tasks.detection.formats import read_class_names, yolo_to_coco as convert_yolo
+
+    if classes_file and categories:
+        raise UserError("give the class names once: --classes FILE or --category NAME …")
+    names = read_class_names(Path(classes_file)) if classes_file else list(categories)
+    click.echo(json.dumps(convert_yolo(Path(labels_dir), Path(images_dir), Path(out), names)))
 
 
 def main() -> None:

@@ -1,14 +1,16 @@
-"""Detection benchmark: our FPN Faster R-CNN vs torchvision's, and what the C4 head costs vs FPN.
+"""Detection benchmark: our Faster R-CNN / Mask R-CNN / RetinaNet vs torchvision's own models, and
+what the C4 head costs vs FPN.
 
     .venv/bin/python benchmarks/bench_detection.py --arch resnet50 --size 320 --batch 2
+    .venv/bin/python benchmarks/bench_detection.py --heads fpn,maskrcnn,retinanet --skip c4
     .venv/bin/python benchmarks/bench_detection.py --arch resnet50 --size 800 --batch 4 --device cuda
 
-1. Ours vs torchvision: ``build_detector(arch, head="fpn")`` vs torchvision's
-   ``fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)`` (other depths: the same
-   ``FasterRCNN`` on ``resnet_fpn_backbone``), built with identical settings (BatchNorm, nothing
-   frozen, same sizes, anchors, RPN/RoI sampling and proposal counts). Torchvision's weights are
-   copied into ours first, so both compute the same detections (checked) and only the code
-   differs. Train step (forward + losses + backward + SGD step) and inference (eval, no_grad) are
+1. Ours vs torchvision, per ``--heads``: ``build_detector(arch, head)`` vs torchvision's
+   ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` / ``retinanet_resnet50_fpn``
+   (``weights=None, weights_backbone=None``; Faster R-CNN on other depths: the same ``FasterRCNN``
+   on ``resnet_fpn_backbone``), built with identical settings (BatchNorm, nothing frozen, same
+   sizes, anchors, RPN/RoI sampling and proposal counts). Torchvision's weights are copied into
+   ours first, so both compute the same detections (checked) and only the code differs. Train step (forward + losses + backward + SGD step) and inference (eval, no_grad) are
    timed alternately, so drifting machine load hits both alike; medians and ratio.
 2. C4 vs FPN: our two heads at their defaults (C4: RoIAlign 14×14 on C4, stage 5 per RoI; FPN:
    7×7 per level, two FC layers), train step and inference time plus GFLOPs counted by
@@ -41,30 +43,39 @@ def batch(args, device):
     for _ in range(args.batch):
         xy = torch.rand(4, 2, generator=g) * torch.tensor([w * 0.6, args.size * 0.6])
         wh = (torch.rand(4, 2, generator=g) * 0.3 + 0.1) * torch.tensor([w, args.size])
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
+        boxes = torch.cat([xy, xy + wh], 1)
+        masks = torch.zeros(4, args.size, w, dtype=torch.uint8)  # the boxes filled (Mask R-CNN's targets)
+        for m, (x1, y1, x2, y2) in zip(masks, boxes.round().long().tolist()):
+            m[y1:y2, x1:x2] = 1
+        targets.append({"boxes": boxes.to(device), "masks": masks.to(device),
                         "labels": torch.randint(1, NUM_CLASSES, (4,), generator=g).to(device)})
     return images, targets
 
 
-def torchvision_model(args, rpn_batch: int, roi_batch: int, proposals: int):
-    from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn
+def torchvision_model(args, head: str, rpn_batch: int, roi_batch: int, proposals: int):
+    from torchvision.models import detection
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    settings = dict(num_classes=NUM_CLASSES, min_size=args.size, max_size=round(args.size * MAX_SIZE_RATIO),
-                    rpn_batch_size_per_image=rpn_batch, box_batch_size_per_image=roi_batch,
+    sizes = dict(num_classes=NUM_CLASSES, min_size=args.size, max_size=round(args.size * MAX_SIZE_RATIO))
+    if head == "retinanet":
+        return detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, **sizes)
+    settings = dict(sizes, rpn_batch_size_per_image=rpn_batch, box_batch_size_per_image=roi_batch,
                     rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=1000,
                     rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=proposals)
+    if head == "maskrcnn":
+        return detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **settings)
     if args.arch == "resnet50":
-        return fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, **settings)
-    return FasterRCNN(resnet_fpn_backbone(backbone_name=args.arch, weights=None, trainable_layers=5), **settings)
+        return detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, **settings)
+    return detection.FasterRCNN(resnet_fpn_backbone(backbone_name=args.arch, weights=None, trainable_layers=5),
+                                **settings)
 
 
-def ours_from(tv, args, rpn_batch: int, roi_batch: int, proposals: int):
-    ours = build_detector(args.arch, None, "fpn", NUM_CLASSES, min_size=args.size, rpn_batch_size=rpn_batch,
+def ours_from(tv, args, head: str, rpn_batch: int, roi_batch: int, proposals: int):
+    from tasks.detection.pretrained import our_keys
+
+    ours = build_detector(args.arch, None, head, NUM_CLASSES, min_size=args.size, rpn_batch_size=rpn_batch,
                           roi_batch_size=roi_batch, proposals=proposals)
-    # Same module layout except our FPN wrapper's extra level of nesting.
-    state = {k.replace("backbone.fpn.", "backbone.fpn.fpn.", 1): v for k, v in tv.state_dict().items()}
-    ours.load_state_dict(state)
+    ours.load_state_dict(our_keys(tv.state_dict()))  # same layout but our FPN wrapper's extra nesting
     return ours
 
 
@@ -119,6 +130,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--heads", default="fpn", help="comma list among fpn, maskrcnn, retinanet (vs torchvision)")
     p.add_argument("--skip", choices=("torchvision", "c4"), action="append", default=[])
     args = p.parse_args()
     device = torch.device(args.device)
@@ -128,15 +140,18 @@ def main() -> None:
     images, targets = batch(args, device)
     fpn_d = HEAD_DEFAULTS["fpn"]
 
-    if "torchvision" not in args.skip:
+    for head in ([] if "torchvision" in args.skip else args.heads.split(",")):
+        if head != "fpn" and args.arch != "resnet50":
+            print(f"\n{head}: torchvision builds it on resnet50 only; skipped")
+            continue
         torch.manual_seed(0)
-        tv = torchvision_model(args, 64, fpn_d["roi_batch_size"], fpn_d["proposals"]).to(device)
-        ours = ours_from(tv, args, 64, fpn_d["roi_batch_size"], fpn_d["proposals"]).to(device)
+        tv = torchvision_model(args, head, 64, fpn_d["roi_batch_size"], fpn_d["proposals"]).to(device)
+        ours = ours_from(tv, args, head, 64, fpn_d["roi_batch_size"], fpn_d["proposals"]).to(device)
         tv.eval(), ours.eval()
         with torch.no_grad():
             a, b = tv(images)[0], ours(images)[0]
-        same = a["boxes"].shape == b["boxes"].shape and torch.allclose(a["boxes"], b["boxes"], atol=1e-3)
-        print(f"\nours vs torchvision FPN (same weights → same detections: {same})")
+        same = all(a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=1e-3) for k in a)
+        print(f"\n{head}: ours vs torchvision (same weights → same outputs, {', '.join(a)}: {same})")
         fns = {}
         for name, model in (("ours", ours), ("torchvision", tv)):
             train, infer = step_fns(model, images, targets, device)

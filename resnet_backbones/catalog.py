@@ -27,6 +27,28 @@ def catalog_rows() -> list[dict]:
         with torch.device("meta"):
             n = sum(p.numel() for p in ResNetBackbone(spec, ("c5",)).parameters())
         rows.append({"name": name, "block": spec.block_type, "params_m": n / 1e6,
-                     "channels": "/".join(map(str, spec.channels)), "strides": "/".join(map(str, stage_strides("imagenet"))),
+                     "channels": "/".join(map(str, spec.channels)),
+                     "strides": "/".join(map(str, stage_strides("imagenet"))),
                      "imagenet": _imagenet_label(spec)})
+    return rows
+
+
+def weights_rows() -> list[dict]:
+    """Every pretrained weights tag per registered architecture: torchvision's (with their ImageNet
+    top-1, from torchvision's metadata) and timm's (timm's package carries no accuracy figures).
+    Nothing is downloaded."""
+    import timm
+    from torchvision.models import get_model_weights
+
+    rows = []
+    for name in list_backbones():
+        spec = get_spec(name)
+        for w in get_model_weights(name):
+            rows.append({"name": name, "weights": f"torchvision:{w.name}", "source": w.url,
+                         "top1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"],
+                         "default": f"torchvision:{w.name}" == spec.imagenet})
+        for tag in timm.list_pretrained(f"{name}.*"):
+            cfg = timm.models.get_pretrained_cfg(tag)
+            source = f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else (cfg.url or "timm")
+            rows.append({"name": name, "weights": f"timm:{tag}", "source": source, "top1": None, "default": False})
     return rows

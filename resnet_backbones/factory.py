@@ -73,8 +73,9 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "imagenet",
         raise UserError(f"out_format must be one of {OUT_FORMATS}, got {out_format!r}")
     # Build (and so validate every argument and the FPN inputs) before resolving weights: a typo
     # must be reported as such, not as a failed download, and must not cost a download first.
-    body = ResNetBackbone(spec, DEFAULT_OUT_FEATURES if out_features is None else out_features, freeze_stages=0, norm=norm,
-                          in_chans=in_chans, output_stride=output_stride, drop_path_rate=drop_path_rate, stem=stem)
+    body = ResNetBackbone(spec, DEFAULT_OUT_FEATURES if out_features is None else out_features, freeze_stages=0,
+                          norm=norm, in_chans=in_chans, output_stride=output_stride,
+                          drop_path_rate=drop_path_rate, stem=stem)
     neck = FPN(body.feature_info, fpn_channels, extra=fpn_extra, extra_from=fpn_extra_from) if fpn else None
     state_dict, body.preprocessing = resolve_weights(spec, weights)
     if state_dict is not None:

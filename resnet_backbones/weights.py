@@ -96,17 +96,31 @@ def _torchvision_enum(spec: BackboneSpec, tag: str):
                            f"known: {', '.join(e.name for e in enum)}") from None
 
 
-def _torchvision_weights(spec: BackboneSpec, tag: str):
-    entry = _torchvision_enum(spec, tag)
+def _detector_enum(tag: str):
+    """torchvision's weights of detection model ``tag`` (e.g. ``fasterrcnn_resnet50_fpn``), or None."""
+    from torchvision.models import detection, get_model_weights, list_models
+
+    return get_model_weights(tag).DEFAULT if tag in list_models(module=detection) else None
+
+
+def download_torchvision(entry, label: str) -> dict[str, torch.Tensor]:
+    """The state dict of a torchvision ``Weights`` entry (hash-checked, cached by torch.hub)."""
     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
     try:
-        sd = torch.hub.load_state_dict_from_url(entry.url, map_location="cpu", progress=True,
-                                                check_hash=True, weights_only=True)
+        return torch.hub.load_state_dict_from_url(entry.url, map_location="cpu", progress=True,
+                                                  check_hash=True, weights_only=True)
     except Exception as e:  # URLError, socket errors, hash mismatch: all mean "not usable here"
         raise WeightsError(
-            f"cannot download torchvision:{tag} for {spec.name} ({type(e).__name__}: {e}); it is cached at "
-            f"{cache} once downloaded. Offline, copy {Path(entry.url).name} there or pass a local file with "
-            f"--weights PATH (or weights='PATH')") from None
+            f"cannot download {label} ({type(e).__name__}: {e}); it is cached at {cache} once downloaded. "
+            f"Offline, copy {Path(entry.url).name} there or pass a local file with --weights PATH "
+            "(or weights='PATH')") from None
+
+
+def _torchvision_weights(spec: BackboneSpec, tag: str):
+    detector = _detector_enum(tag)
+    sd = download_torchvision(detector or _torchvision_enum(spec, tag), f"torchvision:{tag} for {spec.name}")
+    if detector is not None:  # a detector's trunk as the backbone
+        return strip_prefix(sd), Preprocessing(source=f"torchvision:{tag}")
     return sd, preprocessing_for(spec, f"torchvision:{tag}")
 
 
@@ -141,8 +155,9 @@ def _timm_weights(spec: BackboneSpec, name: str):
     return model.state_dict(), pre
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a weights file safely and unwrap ``state_dict``/``model``/``module.`` nesting."""
+def read_state_dict(path: str | os.PathLike, strip: bool = True) -> dict[str, torch.Tensor]:
+    """Read a weights file safely and unwrap ``state_dict``/``model``/``module.`` nesting; ``strip``
+    keeps the ResNet trunk's keys only (see :func:`strip_prefix`)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found; {_usage()}")
@@ -164,7 +179,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = nested
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"weights file {path} holds no state dict of tensors")
-    return strip_prefix(dict(obj))
+    return strip_prefix(dict(obj)) if strip else dict(obj)
 
 
 def _load_failure(e: Exception) -> str:

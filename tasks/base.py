@@ -29,6 +29,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     primary_metric: ClassVar[str]  # key of evaluate()'s result; higher is better; picks `best.pt`
+    # Under torchrun: True when evaluate() sums its counts over the processes (tasks.engine.distributed),
+    # so that each evaluates a shard; otherwise rank 0 evaluates the whole set while the others wait.
+    gathers_metrics: ClassVar[bool] = False
 
     def __init__(self, cfg: TaskConfig, seed: int = 0, run_dir: Path | None = None) -> None:
         self.cfg = cfg
@@ -42,6 +45,11 @@ class Task(ABC):
 
     def collate_fn(self):
         """Collate for DataLoaders; ``None`` means torch's default (detection returns lists)."""
+        return None
+
+    def sample_weights(self) -> list[float] | None:
+        """Per training sample, its chance of being drawn (with replacement, seeded per epoch); ``None``:
+        each sample once per epoch. Called after :meth:`prepare_training`."""
         return None
 
     # ---- model ---------------------------------------------------------------------------

@@ -67,7 +67,10 @@ class TrainConfig(Checked):
     """Engine settings shared by every task."""
 
     epochs: int = option(10, "Training epochs.", ge=1)
-    batch_size: int = option(16, "Images per step (a last batch of one is merged into the one before).", ge=1)
+    batch_size: int = option(16, "Images per batch and process (a last batch of one is merged into the one "
+                             "before); under torchrun the global batch is this × processes × accumulate.", ge=1)
+    accumulate: int = option(1, "Gradient accumulation: one optimiser step per this many batches, each loss "
+                             "weighted by its share of the samples (= a K× larger batch, BatchNorm aside).", ge=1)
     lr: float = option(1e-3, "Peak learning rate of the head; the backbone gets lr × backbone_lr_mult.", gt=0)
     backbone_lr_mult: float = option(0.1, "Backbone LR as a fraction of the head LR (default 1 with random "
                                      "weights).", ge=0)
@@ -76,6 +79,16 @@ class TrainConfig(Checked):
     warmup_epochs: float = option(1.0, "Linear warmup length in epochs (at most a fifth of the run), then "
                                   "cosine decay to 0.", ge=0)
     grad_clip: float = option(0.0, "Clip the gradient norm to this value (0 = off).", ge=0)
+    ema_decay: float = option(0.0, "Keep an exponential moving average of the weights (timm ModelEmaV3) with "
+                              "this decay, e.g. 0.999; it is evaluated, picked as best and saved as model_ema, "
+                              "which evaluate/predict use (0 = off).", ge=0, lt=1)
+    patience: typing.Optional[int] = option(None, "Early stopping: finish once the primary metric has not risen "
+                                            "by more than --min-delta for this many epochs.", ge=1)
+    min_delta: float = option(0.0, "Early stopping: the smallest rise of the primary metric that counts.", ge=0)
+    sync_bn: bool = option(False, "Under torchrun on CUDA: BatchNorm statistics over all processes "
+                           "(SyncBatchNorm; frozen stages and frozen_bn untouched).")
+    logger: str = option("tensorboard", "Metric logs in the run folder: tensorboard (event files, plus "
+                         "metrics.csv/jsonl), csv (metrics.csv/jsonl), none.", ("tensorboard", "csv", "none"))
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     amp: typing.Optional[bool] = option(None, "Mixed precision (bf16, else fp16); default: on for CUDA.")
     channels_last: bool = option(True, "channels_last memory format on CUDA.")

@@ -16,13 +16,13 @@ from resnet_backbones.weights import resolve_weights
 from . import get_config_class, get_task_class, get_task_entry
 from .config import ConfigError, TrainConfig, build, find_config, is_preset, load_yaml, split_values
 from .data.io import IMAGE_EXTS, DataError
-from .engine.checkpoint import load_checkpoint
+from .engine.checkpoint import inference_weights, load_checkpoint
 from .engine.runtime import Runtime
 from .engine.trainer import fit
 
 log = logging.getLogger(__name__)
 # Settings that may differ when resuming (they do not change the result, only where it runs or what it logs).
-RESUME_OVERRIDABLE = {"device", "workers", "log_every"}
+RESUME_OVERRIDABLE = {"device", "workers", "log_every", "logger"}
 # With random initial weights there is nothing worth protecting: train everything, at one learning rate.
 RANDOM_INIT_DEFAULTS = {"freeze_stages": 0, "norm": "bn", "backbone_lr_mult": 1.0}
 
@@ -143,7 +143,7 @@ def restore(checkpoint: str | Path, device: str = "auto"):
         from .deploy.prune import fit_shapes
 
         fit_shapes(model, ckpt["model"])
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(inference_weights(ckpt))
     rt = Runtime.create(device, None, True)
     rt.prepare_model(model).eval()
     return task, model, rt, ckpt

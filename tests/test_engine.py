@@ -80,9 +80,13 @@ def assert_identical_runs(a: Path, b: Path) -> None:
     """Every tensor (parameters and buffers) bitwise equal, and the same metrics history."""
     for name in ("last.pt", "best.pt"):
         ca, cb = load_checkpoint(a / name), load_checkpoint(b / name)
-        assert ca["model"].keys() == cb["model"].keys()
-        different = [k for k in ca["model"] if not torch.equal(ca["model"][k], cb["model"][k])]
-        assert not different, f"{name}: {len(different)} tensors differ, e.g. {different[:3]}"
+        for weights in ("model", "model_ema"):
+            if ca.get(weights) is None:
+                assert cb.get(weights) is None
+                continue
+            assert ca[weights].keys() == cb[weights].keys()
+            different = [k for k in ca[weights] if not torch.equal(ca[weights][k], cb[weights][k])]
+            assert not different, f"{name} {weights}: {len(different)} tensors differ, e.g. {different[:3]}"
         assert metrics_only(ca["state"]["history"]) == metrics_only(cb["state"]["history"])
 
 
@@ -92,6 +96,9 @@ RESUME_CASES = {
     "segmentation-freeze3": (lambda d: seg_task(d["seg"], freeze_stages=3, aug_color=0.3, vflip=True),
                              {"batch_size": 2}),
     "detection": (lambda d: det_task(d["det"]), {"batch_size": 2}),
+    # the EMA weights and the position inside an accumulated step survive the resume too
+    "classification-ema-accumulate": (lambda d: cls_task(d["cls"]), {"batch_size": 2, "accumulate": 2,
+                                                                     "ema_decay": 0.9}),
 }
 
 

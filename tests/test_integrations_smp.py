@@ -118,3 +118,31 @@ def test_freeze_via_encoder_survives_training():
             assert torch.equal(after[k], v), k
         else:
             assert not torch.equal(after[k], v), k
+
+
+def test_encoder_weights_imagenet_through_smps_own_mechanism(tmp_path, monkeypatch):
+    """smp downloads smp-hub's torchvision-layout weights; here its download returns a local file."""
+    import json
+
+    import segmentation_models_pytorch.encoders as smp_encoders
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18().state_dict()
+    trunk = {k: v for k, v in tv.items() if not k.startswith("fc.")}
+    save_file(trunk, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}))
+    asked = []
+
+    def fake_download(repo_id, filename, revision=None):
+        asked.append(repo_id)
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(smp_encoders, "hf_hub_download", fake_download)
+    model = smp.Unet("rt-resnet18", encoder_weights="imagenet", classes=2)
+    assert asked[-1] == "smp-hub/resnet18.imagenet"  # the weights smp has for its own resnet18
+    for k, v in model.encoder.backbone.state_dict().items():
+        assert torch.equal(v, tv[k]), k
+    gray = smp.Unet("rt-resnet18", encoder_weights="imagenet", in_channels=1, classes=2)
+    assert torch.equal(gray.encoder.backbone.conv1.weight, tv["conv1.weight"].sum(1, keepdim=True))
+    assert "imagenet" not in smp_encoders.encoders["rt-wide_resnet50_2"]["pretrained_settings"]

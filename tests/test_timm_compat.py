@@ -172,3 +172,17 @@ def test_list_output_wraps_fpn_too():
     assert m.feature_info.reduction() == [8, 16, 32, 64, 128] and len(feats) == 5
     # P6 from C5: its convolution reads C5's 512 channels
     assert m.model.fpn.fpn.extra_blocks.p6.in_channels == 512
+
+
+def test_backbones_weights_lists_every_tag_with_source_and_top1():
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    result = CliRunner().invoke(cli, ["backbones", "--weights"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines()[1:-1] if line.split()[0] == "resnet50"}
+    assert "69.76" not in rows["torchvision:IMAGENET1K_V2"] and "80.86" in rows["torchvision:IMAGENET1K_V2"]
+    assert "download.pytorch.org" in rows["torchvision:IMAGENET1K_V1"] and "76.13" in rows["torchvision:IMAGENET1K_V1"]
+    assert "timm:resnet50.a1_in1k" in rows and "hf-hub:timm/resnet50.a1_in1k" in rows["timm:resnet50.a1_in1k"]
+    assert {line.split()[0] for line in result.output.splitlines()[1:-1]} == set(ARCHS)

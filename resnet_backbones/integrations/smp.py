@@ -1,9 +1,12 @@
 """Our backbones as segmentation_models_pytorch encoders.
 
 Importing this module registers ``"rt-<name>"`` (e.g. ``"rt-resnet50"``) in smp's encoder table,
-so ``smp.Unet("rt-resnet50", encoder_weights=None)``, ``smp.FPN`` and ``smp.DeepLabV3Plus`` build
-on our backbone; weights then load with :meth:`SmpEncoder.load_weights` (our loader: torchvision,
-timm or local files, offline-safe) and freezing with :meth:`SmpEncoder.freeze`.
+so ``smp.Unet("rt-resnet50", encoder_weights="imagenet")``, ``smp.FPN`` and ``smp.DeepLabV3Plus``
+build on our backbone. ``encoder_weights`` goes through smp's own mechanism: each ``rt-<name>``
+offers the weights smp offers for its own ``<name>`` encoder (Hugging Face ``smp-hub``, torchvision's
+key layout, which :meth:`SmpEncoder.load_state_dict` maps onto ours). Other weights load with
+:meth:`SmpEncoder.load_weights` (our loader: torchvision, timm or local files, offline-safe);
+freezing with :meth:`SmpEncoder.freeze`.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from torch import nn
 from ..backbone import ResNetBackbone
 from ..features import FeatureInfoList
 from ..registry import STAGE_NAMES, get_spec, list_backbones
-from ..weights import fit_stem, load_trunk_weights, resolve_weights
+from ..weights import fit_stem, load_trunk_weights, resolve_weights, strip_prefix
 
 PREFIX = "rt-"
 
@@ -69,6 +72,15 @@ class SmpEncoder(nn.Module):
         self.backbone.preprocessing = pre
         return self
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Our own keys (``backbone.…``) load as usual; a torchvision-layout trunk (what smp's
+        ``encoder_weights`` downloads) goes through our loader, which reports anything that does not fit."""
+        if any(k.startswith("backbone.") for k in state_dict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        sd = fit_stem(strip_prefix(dict(state_dict)), self.backbone.conv1, "smp encoder weights")
+        load_trunk_weights(self.backbone, sd, self.backbone.spec.name, "smp encoder weights")
+        return nn.modules.module._IncompatibleKeys([], [])
+
     def freeze(self, freeze_stages: int) -> "SmpEncoder":
         self.backbone.freeze(freeze_stages)
         return self
@@ -106,13 +118,15 @@ class SmpEncoder(nn.Module):
 
 
 def register_smp_encoders() -> list[str]:
-    """Add ``rt-<name>`` for every registry backbone to smp's encoder table (idempotent)."""
+    """Add ``rt-<name>`` for every registry backbone to smp's encoder table (idempotent), with the
+    ``encoder_weights`` smp has for its own encoder of that name."""
     from segmentation_models_pytorch.encoders import encoders
 
     names = []
     for name in list_backbones():
         key = PREFIX + name
-        encoders[key] = {"encoder": SmpEncoder, "pretrained_settings": {}, "params": {"name": name}}
+        settings = dict(encoders.get(name, {}).get("pretrained_settings", {}))
+        encoders[key] = {"encoder": SmpEncoder, "pretrained_settings": settings, "params": {"name": name}}
         names.append(key)
     return names
 

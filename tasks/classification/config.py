@@ -39,6 +39,11 @@ class ClassificationConfig(TaskConfig):
                                 gt=0, lt=1)
     unfreeze_after: typing.Optional[int] = option(None, "Freeze schedule: unfreeze the whole backbone "
                                                   "after this many epochs.", ge=0)
+    sampler: str = option("shuffle", "Training order: shuffle (each image once per epoch) or balanced (drawn "
+                          "with replacement, every class equally often; seeded, resumable).", ("shuffle", "balanced"))
+    class_weights: typing.Optional[str] = option(
+        None, "Cross-entropy class weights: 'auto' (images / (classes × images of the class), as sklearn's "
+              "'balanced') or comma-separated numbers in class order.")
     cache_features: bool = option(True, "With a fully frozen backbone, compute features once and "
                                   "train only the head on them (no augmentation).")
 

@@ -212,3 +212,33 @@ class ImageFolderDataset(Dataset):
     @property
     def targets(self) -> np.ndarray:
         return np.array([self.class_to_idx[s.label] for s in self.samples])
+
+
+def balanced_sample_weights(labels: Sequence[str]) -> list[float]:
+    """Each sample's chance of being drawn so that every class is drawn equally often: 1 / its class's count.
+
+    >>> balanced_sample_weights(["a", "a", "a", "b"])
+    [0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 1.0]
+    """
+    counts = Counter(labels)
+    return [1.0 / counts[y] for y in labels]
+
+
+def class_weights(spec: str, labels: Sequence[str], classes: list[str]) -> list[float]:
+    """Cross-entropy weights per class: ``auto`` is sklearn's 'balanced' (n / (classes × count)), else
+    ``spec`` gives one number per class.
+
+    >>> class_weights("auto", ["a", "a", "a", "b"], ["a", "b"])
+    [0.6666666666666666, 2.0]
+    """
+    if spec == "auto":
+        counts = Counter(labels)
+        return [len(labels) / (len(classes) * counts[c]) if counts[c] else 0.0 for c in classes]
+    try:
+        w = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise DataError(f"--class-weights must be 'auto' or comma-separated numbers, got {spec!r}") from None
+    if len(w) != len(classes) or any(x < 0 for x in w):
+        raise DataError(f"--class-weights needs {len(classes)} non-negative numbers (one per class, in the order "
+                        f"{', '.join(classes[:5])}{' …' if len(classes) > 5 else ''}), got {spec!r}")
+    return w

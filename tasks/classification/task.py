@@ -20,12 +20,14 @@ from ..base import Task
 from ..data.io import DataError, read_rgb
 from ..data.seeding import stratified_pick
 from ..engine.callbacks import FreezeSchedule
+from ..engine.distributed import all_reduce_sum, gather_objects
 from ..engine.runtime import Runtime
 from .config import ClassificationConfig
-from .data import ImageFolderDataset, Sample, eval_transform, load_folders, scan_classes, train_transform
+from .data import (ImageFolderDataset, Sample, balanced_sample_weights, class_weights, eval_transform, load_folders,
+                   scan_classes, train_transform)
 from .demo import make_classification_demo
 from .model import ImageClassifier, extract_features
-from .visuals import save_confusion_matrix
+from .visuals import save_confusion_matrix, save_prediction_grid
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,14 @@ log = logging.getLogger(__name__)
 class ClassificationTask(Task):
     name = "classification"
     primary_metric = "top1"
+    gathers_metrics = True  # torchmetrics sums its states over the processes; the loss and predictions too
 
     def __init__(self, cfg: ClassificationConfig, seed: int = 0, run_dir: Path | None = None) -> None:
         super().__init__(cfg, seed, run_dir)
         self.classes: list[str] = []
         self.preprocessing: Preprocessing | None = None
         self.last_details: dict[str, Any] = {}
+        self.class_weights: list[float] | None = None
 
     # ---- data ------------------------------------------------------------------------------
     def data_roots(self) -> list[Path]:
@@ -56,7 +60,10 @@ class ClassificationTask(Task):
         self.classes = sorted({s.label for s in train})
         if self.cfg.shots is not None:
             train = self._few_shot(train)
-        self._train_samples = train
+        self._train_samples, self._val_samples = train, val
+        if self.cfg.class_weights:
+            self.class_weights = class_weights(self.cfg.class_weights, [s.label for s in train], self.classes)
+            log.info("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(self.classes, self.class_weights)))
         return (ImageFolderDataset(train, self.classes, self.train_transform(), self.seed),
                 ImageFolderDataset(val, self.classes, self.eval_transform(), self.seed))
 
@@ -128,6 +135,10 @@ class ClassificationTask(Task):
     def _loader(self, ds) -> DataLoader:
         return DataLoader(ds, batch_size=64, shuffle=False, num_workers=0)
 
+    def sample_weights(self) -> list[float] | None:
+        return balanced_sample_weights([s.label for s in self._train_samples]) if self.cfg.sampler == "balanced" \
+            else None
+
     def callbacks(self) -> list:
         return [] if self.cfg.unfreeze_after is None else [FreezeSchedule(self.cfg.unfreeze_after)]
 
@@ -135,8 +146,10 @@ class ClassificationTask(Task):
         x, y = batch
         logits = model(x)
         if self.cfg.cosine_margin:
-            logits = getattr(model, "head", model).with_margin(logits, y, self.cfg.cosine_margin)
-        return {"loss": F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)}
+            inner = getattr(model, "module", model)  # under DistributedDataParallel
+            logits = getattr(inner, "head", inner).with_margin(logits, y, self.cfg.cosine_margin)
+        weight = torch.tensor(self.class_weights, device=logits.device) if self.class_weights else None
+        return {"loss": F.cross_entropy(logits, y, weight=weight, label_smoothing=self.cfg.label_smoothing)}
 
     # ---- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -149,24 +162,26 @@ class ClassificationTask(Task):
         top5 = MulticlassAccuracy(n, top_k=5, average="micro") if n >= 5 else None
         per_class = MulticlassAccuracy(n, average="none")
         confusion = MulticlassConfusionMatrix(n)
-        loss_sum, count = 0.0, 0
+        loss_sum, count, preds = 0.0, 0, []
         for x, y in loader:
             with rt.autocast():
                 logits = model(rt.to_device(x)).float().cpu()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             count += len(y)
+            score, pred = logits.softmax(1).max(1)
+            preds += zip(pred.tolist(), score.tolist(), y.tolist())
             for m in (top1, top5, per_class, confusion):
                 if m is not None:
                     m.update(logits, y)
+        loss_sum, count = all_reduce_sum([loss_sum, count])  # the metrics' compute() sums their own states
         out = {"val_loss": loss_sum / max(1, count), "top1": top1.compute().item()}
         if top5 is not None:
             out["top5"] = top5.compute().item()
-        pc = per_class.compute()
-        present = torch.bincount(torch.as_tensor(loader.dataset.targets if hasattr(loader.dataset, "targets")
-                                                 else loader.dataset.tensors[1]), minlength=n) > 0
+        pc, cm = per_class.compute(), confusion.compute()
+        present = cm.sum(1) > 0
         out["mean_class_acc"] = pc[present].mean().item()
         self.last_details = {"per_class": {c: pc[i].item() for i, c in enumerate(self.classes) if present[i]},
-                             "confusion": confusion.compute().numpy()}
+                             "confusion": cm.numpy(), "predictions": [p for part in gather_objects(preds) for p in part]}
         return out
 
     def save_visuals(self, model, loader, rt, out_dir: Path, epoch: int) -> None:
@@ -175,6 +190,10 @@ class ClassificationTask(Task):
         out_dir.mkdir(parents=True, exist_ok=True)
         save_confusion_matrix(self.last_details["confusion"], self.classes, out_dir / "confusion_matrix.png",
                               title=f"epoch {epoch}")
+        samples = getattr(self, "_val_samples", None)  # predictions are in the validation set's order
+        if samples is not None and len(samples) == len(self.last_details["predictions"]):
+            save_prediction_grid([s.path for s in samples], self.last_details["predictions"], self.classes,
+                                 out_dir / "predictions.png", title=f"epoch {epoch}")
         with open(out_dir / "per_class_accuracy.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["class", "accuracy"])

@@ -1,7 +1,8 @@
-"""Confusion-matrix PNG."""
+"""Confusion matrix and prediction grid (PNG)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -28,6 +29,40 @@ def save_confusion_matrix(cm: np.ndarray, classes: list[str], path: Path, title:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix {title}".strip())
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_prediction_grid(paths: Sequence[Path], predictions: Sequence[tuple[int, float, int]], classes: list[str],
+                         path: Path, title: str = "", n: int = 16, side: int = 160) -> None:
+    """A grid of validation images with their true and predicted labels: the misclassified first (most
+    confident first), then correct ones; ``predictions`` holds ``(predicted, score, true)`` per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    order = sorted(range(len(predictions)), key=lambda i: (predictions[i][0] == predictions[i][2], -predictions[i][1]))
+    shown = order[:n]
+    cols = min(4, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    wrong = sum(p != t for p, _, t in predictions)
+    for ax, i in zip(axes.flat, shown):
+        pred, score, true = predictions[i]
+        with Image.open(paths[i]) as im:
+            im = im.convert("RGB")
+            im.thumbnail((side, side))
+            ax.imshow(np.asarray(im))
+        ok = pred == true
+        ax.set_title(f"true: {classes[true]}\npred: {classes[pred]} ({score:.2f})", fontsize=8,
+                     color="darkgreen" if ok else "crimson")
+    fig.suptitle(f"predictions {title}: {wrong} of {len(predictions)} misclassified (shown first)".strip(),
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

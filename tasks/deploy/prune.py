@@ -137,7 +137,8 @@ def prune(checkpoint: str | Path, keep: float, out: str | Path, *, finetune_epoc
     else:
         out.mkdir(parents=True, exist_ok=True)
         payload = {k: v for k, v in strip_training_state(src.ckpt).items() if k not in ("path", "format")}
-        save_checkpoint(out / "best.pt", {**payload, "model": state, "task_meta": meta})
+        # the source's EMA weights (--ema-decay) keep the unpruned shapes: the pruned model replaces them
+        save_checkpoint(out / "best.pt", {**payload, "model": state, "model_ema": None, "task_meta": meta})
     report["flops_ratio"] = report["pruned"]["flops"] / report["before"]["flops"]
     write_json_atomic(out / "prune_report.json", report)
     return report

@@ -147,9 +147,11 @@ def load_coco(path: Path, image_dirs: list[Path]) -> CocoSplit:
             dropped += 1
             continue
         clipped += (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2)
-        annotations[im["id"]].append({
-            "id": int(ann_id), "category_id": int(a["category_id"]), "bbox": [cx1, cy1, cx2, cy2],
-            "iscrowd": int(a.get("iscrowd", 0)), "area": float(a.get("area") or (cx2 - cx1) * (cy2 - cy1))})
+        entry = {"id": int(ann_id), "category_id": int(a["category_id"]), "bbox": [cx1, cy1, cx2, cy2],
+                 "iscrowd": int(a.get("iscrowd", 0)), "area": float(a.get("area") or (cx2 - cx1) * (cy2 - cy1))}
+        if a.get("segmentation"):  # polygons or RLE, decoded only where masks are used (Mask R-CNN)
+            entry["segmentation"] = a["segmentation"]
+        annotations[im["id"]].append(entry)
     if clipped or dropped:
         log.info(f"{path.name}: clipped {clipped} box(es) to their image, dropped {dropped} of zero or negative size")
     return CocoSplit(str(path), categories, images, annotations)
@@ -194,15 +196,29 @@ def sample_shots(split: CocoSplit, shots: int, seed: int) -> tuple[CocoSplit, di
     return split.subset(image_ids, {a["id"] for a in chosen}, source=f"{split.source} ({shots}-shot)"), record
 
 
-def _downscale(image: np.ndarray, boxes: np.ndarray, min_size: int, max_size: int):
+def _downscale(image: np.ndarray, boxes: np.ndarray, masks: list[np.ndarray], min_size: int, max_size: int):
     """Shrink like the model's transform would (never enlarge): less work for the augmentations."""
     h, w = image.shape[:2]
     scale = min(min_size / min(h, w), max_size / max(h, w))
     if scale >= 1:
-        return image, boxes
+        return image, boxes, masks
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    return image, boxes * np.array([size[0] / w, size[1] / h] * 2, dtype=np.float32)
+    masks = [np.asarray(Image.fromarray(m).resize(size, Image.NEAREST)) for m in masks]
+    return image, boxes * np.array([size[0] / w, size[1] / h] * 2, dtype=np.float32), masks
+
+
+def decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """COCO ``segmentation`` (polygons, RLE or uncompressed RLE) → HxW uint8 0/1 mask (pycocotools)."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):  # polygons
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle).astype(np.uint8)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -220,10 +236,12 @@ class CocoDetection(Dataset):
         transform: bbox-aware albumentations ``Compose`` (training) or None.
         seed: augmentation seed; each sample is augmented from ``(seed, epoch, index)``.
         train_size: ``(min_size, max_size)`` to shrink large images to before augmenting (training only).
+        masks: also return ``"masks"`` ``(N, H, W)`` uint8 (Mask R-CNN); every annotation needs a
+            ``segmentation``.
     """
 
     def __init__(self, split: CocoSplit, class_names: list[str], transform=None, seed: int = 0,
-                 train_size: tuple[int, int] | None = None) -> None:
+                 train_size: tuple[int, int] | None = None, masks: bool = False) -> None:
         names = {c["name"]: c["id"] for c in split.categories}
         unknown = sorted(set(names) - set(class_names))
         if unknown:
@@ -234,7 +252,15 @@ class CocoDetection(Dataset):
         self.label_of = {names[n]: i + 1 for i, n in enumerate(class_names) if n in names}
         self.category_id_of = {label: cat for cat, label in self.label_of.items()}
         self.transform, self.seed, self.train_size = transform, seed, train_size
+        self.masks = masks
         self.epoch = 0
+        if masks:
+            bare = [a["id"] for lst in split.annotations.values() for a in lst if "segmentation" not in a]
+            if bare:
+                raise DataError(f"{split.source}: {len(bare)} annotation(s) have no 'segmentation' "
+                                f"(e.g. id {bare[0]}), "
+                                "which Mask R-CNN needs; add masks (resnet-tasks convert masks-to-coco) or use "
+                                "another --head")
 
     def __len__(self) -> int:
         return len(self.split.images)
@@ -251,23 +277,32 @@ class CocoDetection(Dataset):
         anns = [a for a in self.split.annotations.get(im["id"], []) if not a["iscrowd"]]
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         labels = np.array([self.label_of[a["category_id"]] for a in anns], dtype=np.int64)
+        masks = [decode_mask(a["segmentation"], im["height"], im["width"]) for a in anns] if self.masks else []
         if self.transform is not None:
             if self.train_size:
-                image, boxes = _downscale(image, boxes, *self.train_size)
+                image, boxes, masks = _downscale(image, boxes, masks, *self.train_size)
             self.transform.set_random_seed(sample_seed(self.seed, self.epoch, index))
-            out = self.transform(image=image, bboxes=boxes, labels=labels)
+            # The labels travel as indices, so that the masks of dropped boxes can be dropped too.
+            out = self.transform(image=image, bboxes=boxes, labels=np.arange(len(labels)),
+                                 **({"masks": masks} if masks else {}))
             image = out["image"]
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-            labels = np.asarray(out["labels"], dtype=np.int64)
-        return to_tensor(image), {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
-                        "image_id": im["id"]}
+            kept = np.asarray(out["labels"], dtype=np.int64)
+            labels = labels[kept]
+            masks = [np.asarray(out["masks"][i]) for i in kept] if masks else []
+        target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels), "image_id": im["id"]}
+        if self.masks:
+            h, w = image.shape[:2]
+            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.uint8)
+        return to_tensor(image), target
 
     def coco_gt(self) -> dict[str, Any]:
         """The split as COCO JSON (checked boxes, crowd regions kept) for pycocotools."""
         images = [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in self.split.images]
         anns = [{"id": a["id"], "image_id": im_id, "category_id": a["category_id"], "iscrowd": a["iscrowd"],
                  "area": a["area"], "bbox": [a["bbox"][0], a["bbox"][1], a["bbox"][2] - a["bbox"][0],
-                                             a["bbox"][3] - a["bbox"][1]]}
+                                             a["bbox"][3] - a["bbox"][1]],
+                 **({"segmentation": a["segmentation"]} if "segmentation" in a else {})}
                 for im_id, lst in self.split.annotations.items() for a in lst]
         return {"images": images, "annotations": anns, "categories": self.split.categories}
 

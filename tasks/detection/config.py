@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from .. import register_task
 from ..config import TaskConfig, option
 
-HEADS = ("fpn", "c4")
+HEADS = ("fpn", "c4", "maskrcnn", "retinanet", "fcos")
+FPN_EXTRA_FROM = ("p5", "c5")
 # Used instead of the defaults when no --data is given (values the user set still win): the demo
 # images are 128 px high with 16–48 px objects, so small anchors, a slim FPN/box head and small RoIs;
 # BatchNorm and nothing frozen, since offline the backbone starts from random weights. From random
@@ -37,12 +38,16 @@ class DetectionConfig(TaskConfig):
                                    "freezes stage 5 in the box head).", ge=0, le=4)
     img_size: int = option(800, "Min side images are resized to inside the model, max side ≤ 5/3 of it "
                                 "(torchvision/detectron2 use 800; 512 is much faster on a CPU).")
-    head: str = option("fpn", "Box head: fpn (P2–P6 FPN, MLP box head) or c4 (RPN on C4, stage 5 as box head).",
-                       HEADS)
+    head: str = option("fpn", "Detector: fpn (Faster R-CNN, P2–P6 FPN, MLP box head); c4 (Faster R-CNN, RPN on "
+                       "C4, stage 5 as box head); maskrcnn (fpn + mask branch: needs masks in the COCO JSON, "
+                       "reports segm mAP too); retinanet or fcos (one-stage on P3–P7), all torchvision's.", HEADS)
+    fpn_extra_from: str = option("p5", "retinanet/fcos: P6 computed from P5 (FCOS, torchvision RetinaNet) or "
+                                 "C5 (RetinaNet paper).", FPN_EXTRA_FROM)
     anchor_sizes: tuple[int, ...] = option((32, 64, 128, 256, 512),
-                                     "Anchor sizes in pixels of the resized image: one per FPN level P2…P6; "
-                                     "all on C4 for --head c4.", ge=1)
-    fpn_channels: int = option(256, "FPN width (--head fpn).", ge=1)
+                                     "Anchor sizes in pixels of the resized image: one per FPN level P2…P6 "
+                                     "(retinanet: base size per P3…P7, × 2^0, 2^⅓, 2^⅔; fcos: unused, the "
+                                     "strides); all on C4 for --head c4.", ge=1)
+    fpn_channels: int = option(256, "FPN width (also the mask head's with maskrcnn).", ge=1)
     box_head_dim: int = option(1024, "Width of the two-FC box head (--head fpn).", ge=1)
     roi_pool_size: typing.Optional[int] = option(None, "RoIAlign output side (default: fpn 7, c4 14; stage 5 "
                                                  "halves it for c4).", ge=1)
@@ -59,7 +64,9 @@ class DetectionConfig(TaskConfig):
     val_fraction: float = option(0.2, "Share of the train images held out (seeded) when there is no val JSON.",
                                 gt=0, lt=1)
     init_from: typing.Optional[str] = option(None, "Start from a detection checkpoint (best.pt/last.pt) trained on "
-                                             "other classes; rows of classes with the same name are kept.")
+                                             "other classes, or torchvision's (torchvision:fasterrcnn_resnet50_fpn, "
+                                             "maskrcnn_resnet50_fpn, retinanet_resnet50_fpn, or a file saved from "
+                                             "one); rows of classes with the same name are kept.")
     train_only: str = option("all", "Train everything (all) or only the box classifier/regressor "
                              "(predictor: TFA few-shot fine-tuning, everything else frozen).", TRAIN_ONLY)
     cosine_classifier: bool = option(False, "Cosine-similarity box classifier (TFA w/cos).")

@@ -7,7 +7,9 @@ A mask PNG holds 0 for background and 1…K for K objects (one value per object)
   ``--category`` then picks and orders the subfolders.
 
 The image of ``stem.png`` is the file ``stem.*`` in ``--images`` (its size must match the mask);
-without ``--images`` the COCO ``file_name`` is the mask's own name.
+without ``--images`` the COCO ``file_name`` is the mask's own name. Masks named after their image
+with a suffix (PennFudan's ``FudanPed00001_mask.png`` for ``FudanPed00001.png``) need
+``--mask-suffix _mask``.
 """
 from __future__ import annotations
 
@@ -49,20 +51,32 @@ def _category_folders(masks_dir: Path, names: list[str] | None) -> list[tuple[st
     return [(n, found[n]) for n in names]
 
 
+def _image_stem(mask_path: Path, suffix: str) -> str:
+    if not suffix:
+        return mask_path.stem
+    if not mask_path.stem.endswith(suffix):
+        raise DataError(f"mask {mask_path} does not end in --mask-suffix {suffix!r}; name masks <image stem>"
+                        f"{suffix}.png or change --mask-suffix")
+    return mask_path.stem[: -len(suffix)]
+
+
 def _image_for(stem: str, images_dir: Path | None, mask_path: Path) -> tuple[str, Path | None]:
     if images_dir is None:
         return mask_path.name, None
     hits = [images_dir / (stem + ext) for ext in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS)
             if (images_dir / (stem + ext)).is_file()]
     if not hits:
-        raise DataError(f"no image {stem}.* in {images_dir} for mask {mask_path}; "
-                        "masks and images must share the file stem")
+        raise DataError(f"no image {stem}.* in {images_dir} for mask {mask_path}; masks and images must share "
+                        "the file stem (masks named <stem><suffix>.png: pass --mask-suffix, e.g. _mask)")
     return hits[0].name, hits[0]
 
 
 def masks_to_coco(masks_dir: Path, out: Path, images_dir: Path | None = None,
-                  category_names: list[str] | None = None) -> dict[str, Any]:
+                  category_names: list[str] | None = None, mask_suffix: str = "") -> dict[str, Any]:
     """Write a COCO JSON for the instance masks in ``masks_dir`` and return counts.
+
+    ``mask_suffix``: the part of a mask's stem after its image's stem (``"_mask"``: ``a_mask.png``
+    is the mask of image ``a.*``).
 
     Example (two objects, 1 and 2, in one mask):
         >>> import tempfile
@@ -89,7 +103,8 @@ def masks_to_coco(masks_dir: Path, out: Path, images_dir: Path | None = None,
         masks = [p for p in list_images(folder) if p.suffix.lower() == ".png"]
         for mask_path in masks:
             mask = read_mask(mask_path)
-            file_name, image_path = _image_for(mask_path.stem, images_dir, mask_path)
+            stem = _image_stem(mask_path, mask_suffix)
+            file_name, image_path = _image_for(stem, images_dir, mask_path)
             if image_path is not None:
                 from PIL import Image
 
@@ -97,7 +112,7 @@ def masks_to_coco(masks_dir: Path, out: Path, images_dir: Path | None = None,
                     if im.size != (mask.shape[1], mask.shape[0]):
                         raise DataError(f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]} but image "
                                         f"{image_path} is {im.size[0]}×{im.size[1]}")
-            entry = images.setdefault(mask_path.stem, {"id": len(images) + 1, "file_name": file_name,
+            entry = images.setdefault(stem, {"id": len(images) + 1, "file_name": file_name,
                                                        "width": int(mask.shape[1]), "height": int(mask.shape[0])})
             for value in np.unique(mask):
                 if value == 0:

@@ -1,4 +1,5 @@
-"""Faster R-CNN detection (FPN or C4 head) and TFA few-shot detection: picks the parts, wires them."""
+"""Detection (Faster R-CNN FPN/C4, Mask R-CNN, RetinaNet, FCOS) and TFA few-shot detection: picks
+the parts, wires them."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,9 @@ from .config import DetectionConfig
 from .demo import write_demo
 from .heads import HEAD_DEFAULTS
 from .heads.predictor import transfer_rows
-from .metrics import coco_box_metrics, to_coco_results
+from .metrics import MASK_THRESHOLD, coco_box_metrics, to_coco_results
 from .model import MAX_SIZE_RATIO, Detector, build_detector
+from .pretrained import DETECTORS, detector_name, is_detector_source, load_detector_weights
 from .transforms import train_transform
 from .visualize import draw_boxes
 
@@ -30,8 +32,12 @@ log = logging.getLogger(__name__)
 PREDICT_BATCH = 4
 VISUALS = 4  # val images drawn each epoch
 # Settings a checkpoint passed to --init-from must share with this run (they shape the weights).
-ARCH_KEYS = ("backbone", "head", "anchor_sizes", "roi_pool_size", "fpn_channels", "box_head_dim")
+ARCH_KEYS = ("backbone", "head", "anchor_sizes", "roi_pool_size", "fpn_channels", "box_head_dim", "fpn_extra_from")
 PREDICTOR = "roi_heads.box_predictor."
+# Which settings exist in which detector (the others do not shape its weights).
+HEAD_KEYS = {"fpn": {"roi_pool_size", "fpn_channels", "box_head_dim"}, "c4": {"roi_pool_size"},
+             "maskrcnn": {"roi_pool_size", "fpn_channels", "box_head_dim"},
+             "retinanet": {"fpn_channels", "fpn_extra_from"}, "fcos": {"fpn_channels", "fpn_extra_from"}}
 
 
 class DetectionTask(Task):
@@ -83,8 +89,9 @@ class DetectionTask(Task):
         if val.num_boxes == 0:
             log.warning("the val split has no boxes, so AP is undefined (-1)")
         size = (self.cfg.img_size, round(self.cfg.img_size * MAX_SIZE_RATIO))
-        return (CocoDetection(train, names, train_transform(), self.seed, train_size=size),
-                CocoDetection(val, names))
+        masks = self.cfg.head == "maskrcnn"
+        return (CocoDetection(train, names, train_transform(), self.seed, train_size=size, masks=masks),
+                CocoDetection(val, names, masks=masks))
 
     def _few_shot(self, train: CocoSplit) -> CocoSplit:
         k = self.cfg.shots
@@ -106,21 +113,32 @@ class DetectionTask(Task):
         cfg = self.cfg
         if not self.categories:
             raise UserError("build_datasets() (or a checkpoint's meta) must set the classes before build_model()")
-        init = self._init_checkpoint() if cfg.init_from else None
+        # A whole torchvision detector (or a file of one), by --weights or, for TFA, by --init-from.
+        detector = next((w for w in (cfg.init_from, cfg.weights) if is_detector_source(w)), None)
+        init = self._init_checkpoint() if cfg.init_from and detector is None else None
         if init is not None and self.preprocessing is None:
             self.preprocessing = Preprocessing.from_dict(init["task_meta"]["preprocessing"])
+        wanted_head = DETECTORS.get(detector_name(detector) or "")
+        if wanted_head is not None and wanted_head != cfg.head:
+            raise UserError(f"{detector} is a {wanted_head} detector: pass --head {wanted_head}")
+        if detector is not None and self.preprocessing is None:
+            self.preprocessing = Preprocessing(source=str(detector))  # torchvision's detectors: ImageNet mean/std
         if cfg.norm == "frozen_bn" and cfg.weights is None and init is None and self.preprocessing is None:
             log.warning("--norm frozen_bn with random initialisation leaves the backbone without "
                         "normalisation; use --norm bn when training from scratch")
         model = build_detector(
-            cfg.backbone, None if init is not None else cfg.weights, cfg.head, len(self.categories) + 1,
+            cfg.backbone, None if init is not None or detector is not None else cfg.weights, cfg.head,
+            len(self.categories) + 1,
             min_size=cfg.img_size, freeze_stages=cfg.freeze_stages, norm=cfg.norm, anchor_sizes=cfg.anchor_sizes,
             roi_pool_size=cfg.roi_pool_size, fpn_channels=cfg.fpn_channels, box_head_dim=cfg.box_head_dim,
             rpn_batch_size=cfg.rpn_batch_size, roi_batch_size=cfg.roi_batch_size, proposals=cfg.proposals,
-            cosine_scale=cfg.cosine_scale if cfg.cosine_classifier else None, preprocessing=self.preprocessing)
+            cosine_scale=cfg.cosine_scale if cfg.cosine_classifier else None, preprocessing=self.preprocessing,
+            fpn_extra_from=cfg.fpn_extra_from)
         self.preprocessing = model.preprocessing
         if init is not None:
             self._load_init(model, init)
+        if detector is not None:
+            load_detector_weights(model, detector, self.class_names)
         if cfg.train_only == "predictor":
             model.train_only_predictor()
             n = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -142,20 +160,32 @@ class DetectionTask(Task):
 
     def _load_init(self, model: Detector, ckpt: dict[str, Any]) -> None:
         state = ckpt["model"]
-        body = {k: v for k, v in state.items() if not k.startswith(PREDICTOR)}
+        predictors = tuple(f"{name}." for name in model.predictor_modules)
+        body = {k: v for k, v in state.items() if not k.startswith(predictors)}
         missing, unexpected = model.load_state_dict(body, strict=False)
-        missing = [k for k in missing if not k.startswith(PREDICTOR) and not k.endswith("num_batches_tracked")]
+        missing = [k for k in missing if not k.startswith(predictors) and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
             raise UserError(f"--init-from {ckpt['path']} does not fit this model: "
                             f"{len(missing)} missing, {len(unexpected)} unexpected weights "
                             f"(e.g. {(missing + unexpected)[:3]})")
         src_names = [c["name"] for c in ckpt["task_meta"]["categories"]]
-        predictor = {k[len(PREDICTOR):]: v for k, v in state.items() if k.startswith(PREDICTOR)}
-        kept = transfer_rows(model.box_predictor, predictor, src_names, self.class_names)
+        own = model.state_dict()
+        same = src_names == self.class_names
+        # Class-specific layers: the box predictor's rows move by class name (TFA); the others
+        # (mask logits, one-stage classifiers) load only when the classes are the same.
+        fresh = [n for n in model.predictor_modules if n != PREDICTOR[:-1]
+                 and not (same and all(state.get(k) is not None and state[k].shape == v.shape
+                                       for k, v in own.items() if k.startswith(n + ".")))]
+        model.load_state_dict({k: v for k, v in state.items() if k.startswith(predictors)
+                               and not k.startswith(tuple(f"{n}." for n in fresh + [PREDICTOR[:-1]]))}, strict=False)
+        kept = self.class_names if same else []
+        if PREDICTOR[:-1] in model.predictor_modules:
+            predictor = {k[len(PREDICTOR):]: v for k, v in state.items() if k.startswith(PREDICTOR)}
+            kept = transfer_rows(model.box_predictor, predictor, src_names, self.class_names)
         new = [n for n in self.class_names if n not in kept]
-        log.info(f"--init-from {ckpt['path']}: detector weights loaded; predictor rows kept for "
-                 f"{len(kept)} class(es) {kept}, new: {new}")
+        log.info(f"--init-from {ckpt['path']}: detector weights loaded; class rows kept for {len(kept)} class(es) "
+                 f"{kept}, new: {new}" + (f"; initialised afresh (other classes): {', '.join(fresh)}" if fresh else ""))
 
     def backbone_parameters(self, model: Detector) -> list[nn.Parameter]:
         return model.pretrained_parameters()
@@ -174,10 +204,15 @@ class DetectionTask(Task):
             with rt.autocast():
                 outputs = model(rt.to_device(images))
             for out, target in zip(outputs, targets):
+                out = _to_cpu(out)
                 results += to_coco_results(out, target["image_id"], ds.category_id_of)
                 if len(self._drawn) < VISUALS:
-                    self._drawn.append((target, _to_cpu(out)))
-        return coco_box_metrics(ds.coco_gt(), results)
+                    self._drawn.append((target, out))
+        metrics = coco_box_metrics(ds.coco_gt(), [{k: v for k, v in r.items() if k != "segmentation"}
+                                                  for r in results])
+        if ds.masks:
+            metrics.update(coco_box_metrics(ds.coco_gt(), results, iou_type="segm"))
+        return metrics
 
     def save_visuals(self, model, loader, rt, out_dir: Path, epoch: int) -> None:
         """Val images with predictions (score ≥ --draw-score) and ground truth in white."""
@@ -190,8 +225,9 @@ class DetectionTask(Task):
     def _draw(self, image, out: dict[str, torch.Tensor], gt=None):
         keep = out["scores"] >= self.cfg.draw_score
         labels = out["labels"][keep].tolist()
+        masks = out["masks"][keep][:, 0] >= MASK_THRESHOLD if "masks" in out else None
         return draw_boxes(image, out["boxes"][keep], [self.class_names[i - 1] for i in labels],
-                          out["scores"][keep], labels, gt_boxes=gt)
+                          out["scores"][keep], labels, gt_boxes=gt, masks=masks)
 
     # ---- checkpoint and inference ------------------------------------------------------------
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -218,7 +254,7 @@ class DetectionTask(Task):
         if not ann.is_file():
             raise DataError(f"no annotations in {data}: expected {p}/annotations/val.json or train.json, "
                             "or pass the JSON file itself")
-        return CocoDetection(load_coco(ann, dirs), self.class_names)
+        return CocoDetection(load_coco(ann, dirs), self.class_names, masks=self.cfg.head == "maskrcnn")
 
     @torch.no_grad()
     def predict(self, model: Detector, inputs: list[Path], out_dir: Path, rt: Runtime) -> list[dict]:
@@ -251,16 +287,20 @@ class DetectionTask(Task):
 
 
 def _to_cpu(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(), "labels": out["labels"].cpu()}
+    cpu = {"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(), "labels": out["labels"].cpu()}
+    if "masks" in out:
+        cpu["masks"] = out["masks"].float().cpu()
+    return cpu
 
 
 def _arch(cfg: dict[str, Any]) -> dict[str, str]:
     """The settings that shape the weights, as flag values (``None`` → the head's default)."""
-    defaults = HEAD_DEFAULTS.get(cfg["head"], {})
+    head = cfg["head"]
+    defaults = HEAD_DEFAULTS.get(head, {})
+    keys = [k for k in ARCH_KEYS if k in ("backbone", "head") or k in HEAD_KEYS[head]
+            or (k == "anchor_sizes" and head != "fcos")]  # FCOS's "anchors" are its strides
     out = {}
-    for k in ARCH_KEYS:
+    for k in keys:
         v = cfg.get(k) if cfg.get(k) is not None else defaults.get(k)
         out[k] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-    if cfg["head"] != "fpn":  # the FPN's widths do not exist in a C4 model
-        out.pop("fpn_channels"), out.pop("box_head_dim")
     return out

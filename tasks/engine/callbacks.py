@@ -10,10 +10,12 @@ Hooks run in list order, built-ins first::
     on_validation_end       after ``task.evaluate``; ``metrics`` as returned by it
     on_epoch_end            ``record`` (the epoch's row of the history) is in ``state["history"]``
     on_interrupt            the run stops early (signal or ``trainer.request_stop``) at a step boundary
-    on_fit_end              every epoch has run
+    on_fit_end              every epoch has run (or early stopping ended the run)
 
 ``trainer.request_stop(reason)`` from any hook stops the run at the next step boundary, with a
-resumable ``last.pt`` (that is how the tests interrupt a real run).
+resumable ``last.pt`` (that is how the tests interrupt a real run); ``trainer.finish_early(reason)``
+in ``on_epoch_end`` ends it as finished. Under ``torchrun`` the callbacks that write files run on
+rank 0 only; the task's, early stopping and those passed to ``fit`` run on every process.
 
 >>> class PrintLoss(Callback):
 ...     def on_train_batch_end(self, trainer, losses):
@@ -22,6 +24,8 @@ resumable ``last.pt`` (that is how the tests interrupt a real run).
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import save_checkpoint, strip_training_state
@@ -52,19 +56,52 @@ class Callback:
 
 
 class History(Callback):
-    """``metrics.jsonl``, ``metrics.csv`` and ``curves.png``, rewritten from the history each epoch
-    (rewritten, not appended, so they stay right after a resume)."""
+    """``metrics.jsonl``, ``metrics.csv`` (unless ``files`` is off: ``--logger none``) and ``curves.png``,
+    rewritten from the history each epoch (rewritten, not appended, so they stay right after a resume)."""
+
+    def __init__(self, files: bool = True) -> None:
+        self.files = files
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
-        write_history(trainer.run_dir, trainer.state["history"])
+        write_history(trainer.run_dir, trainer.state["history"], trainer.state["best_epoch"], files=self.files)
 
 
 class Visuals(Callback):
-    """The task's PNGs for the epoch (overlays, confusion matrix…) in ``visuals/``."""
+    """The task's PNGs of the epoch (overlays, confusion matrix, predictions…) in ``visuals/``, drawn by
+    the evaluated model; those of the best epoch also in ``visuals/best/``. ``files`` lists what this
+    epoch wrote (the TensorBoard logger shows them)."""
+
+    def __init__(self) -> None:
+        self.files: list[Path] = []
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
-        trainer.task.save_visuals(trainer.step_model, trainer.val_loader, trainer.rt, trainer.run_dir / "visuals",
-                                  record["epoch"])
+        out = trainer.run_dir / "visuals"
+        before = {p: p.stat().st_mtime_ns for p in out.glob("*.png")}
+        trainer.task.save_visuals(trainer.eval_model, trainer.visuals_loader, trainer.rt, out, record["epoch"])
+        self.files = sorted(p for p in out.glob("*.png") if before.get(p) != p.stat().st_mtime_ns)
+        if trainer.state["best_epoch"] == record["epoch"] and self.files:
+            shutil.rmtree(out / "best", ignore_errors=True)
+            (out / "best").mkdir()
+            for p in self.files:
+                shutil.copy2(p, out / "best" / p.name)
+
+
+class EarlyStopping(Callback):
+    """Finish the run once the primary metric has not risen by more than ``min_delta`` for ``patience``
+    epochs. Read from the history alone, so a resumed run stops where the uninterrupted one would."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0) -> None:
+        self.patience, self.min_delta = patience, min_delta
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        key = trainer.task.primary_metric
+        best, best_epoch = None, 0
+        for r in trainer.state["history"]:
+            if best is None or r[key] > best + self.min_delta:  # NaN never improves
+                best, best_epoch = r[key], r["epoch"]
+        if record["epoch"] - best_epoch >= self.patience and not trainer.finished:
+            trainer.finish_early(f"{key} has not improved by more than {self.min_delta:g} for {self.patience} "
+                                 f"epoch(s) (best {best:.4f} at epoch {best_epoch})")
 
 
 class FreezeSchedule(Callback):
@@ -93,8 +130,7 @@ class Checkpointing(Callback):
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         payload = trainer.checkpoint()
         lean = payload if trainer.cfg.save_optimizer else strip_training_state(payload)
-        finished = trainer.state["epoch"] >= trainer.epochs
-        save_checkpoint(trainer.run_dir / "last.pt", lean if finished else payload)
+        save_checkpoint(trainer.run_dir / "last.pt", lean if trainer.finished else payload)
         if trainer.state["best_epoch"] == record["epoch"]:
             save_checkpoint(trainer.run_dir / "best.pt", lean)
 

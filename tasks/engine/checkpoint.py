@@ -11,7 +11,7 @@ from resnet_backbones.errors import UserError
 
 FORMAT = "resnet-tasks/1"
 # What only --resume needs: without it a ResNet-18 checkpoint is ~45 MB instead of ~134 MB.
-TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "loader_seed")
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "rng_ranks", "loader_seed")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -61,3 +61,9 @@ def load_checkpoint(path: str | Path, prefer: str = "last") -> dict[str, Any]:
 def strip_training_state(payload: dict[str, Any]) -> dict[str, Any]:
     """The model and its metadata only (what evaluate/predict/--init-from read)."""
     return {k: v for k, v in payload.items() if k not in TRAINING_STATE}
+
+
+def inference_weights(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The weights that were evaluated and picked as best: the EMA ones when the run kept an EMA
+    (``--ema-decay``, as timm's checkpoints hold ``state_dict_ema``), else the model's."""
+    return ckpt.get("model_ema") or ckpt["model"]

@@ -38,7 +38,7 @@ class Progress(Callback):
 
     def on_train_batch_end(self, trainer: "Trainer", losses: dict[str, float]) -> None:
         s = trainer.state
-        loss, lr = s["loss_sum"] / s["step_in_epoch"], trainer.optimizer.param_groups[-1]["lr"]
+        loss, lr = s["loss_sum"] / max(1, s["samples"]), trainer.optimizer.param_groups[-1]["lr"]
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")

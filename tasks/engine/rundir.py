@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 LOCK = ".lock"
 # What a run writes; --overwrite removes these (never anything else the folder may hold, nor a
 # fewshot_subset.json, which a user may have placed there to choose the images).
-OUTPUTS = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", "visuals", "demo_data")
+OUTPUTS = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", "visuals", "demo_data",
+           "summary.json", "events.out.tfevents.*")
 RUN_MARKERS = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl")  # a folder holding one of these holds a run
 
 
@@ -86,9 +87,8 @@ class RunDir:
             tmp.unlink()
             log.info("removed %s left by an interrupted save", tmp.name)
         if self.overwrite and not self.resume:
-            for name in OUTPUTS:
-                p = self.path / name
+            for p in (p for name in OUTPUTS for p in self.path.glob(name)):
                 if p.is_dir():
                     shutil.rmtree(p)
-                elif p.exists():
+                else:
                     p.unlink()

@@ -12,21 +12,25 @@ from pathlib import Path
 NON_CURVES = {"epoch", "time_s", "lr"}
 
 
-def write_history(run_dir: Path, history: list[dict]) -> None:
+def write_history(run_dir: Path, history: list[dict], best_epoch: int | None = None, files: bool = True) -> None:
+    """``metrics.jsonl`` and ``metrics.csv`` (when ``files``) and ``curves.png``."""
     run_dir = Path(run_dir)
-    with open(run_dir / "metrics.jsonl", "w") as f:
-        for rec in history:
-            f.write(json.dumps(rec) + "\n")
-    keys = list(dict.fromkeys(k for rec in history for k in rec))
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
+    if files:
+        with open(run_dir / "metrics.jsonl", "w") as f:
+            for rec in history:
+                f.write(json.dumps(rec) + "\n")
+        keys = list(dict.fromkeys(k for rec in history for k in rec))
+        with open(run_dir / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(history)
     if history:
-        plot_curves(history, run_dir / "curves.png")
+        plot_curves(history, run_dir / "curves.png", best_epoch)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None) -> None:
+    """Losses on a log axis (they fall by orders of magnitude; a linear axis flattens everything after the
+    first epochs) and metrics, each with a dashed line at the best epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,6 +46,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
             pts = [(r["epoch"], r[k]) for r in history if k in r and not math.isnan(r[k])]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=k)
+        if group is losses and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()) and ax.get_lines():
+            ax.set_yscale("log")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -20,6 +20,7 @@ from resnet_backbones.weights import preprocessing_for
 
 from ..base import Task
 from ..data.io import read_rgb
+from ..engine.distributed import all_reduce_sum, all_reduce_tensor_
 from ..engine.runtime import Runtime
 from .config import SegmentationConfig
 from .data import (DEFAULT_IGNORE, LabelSpec, SegmentationDataset, check_labels, class_pixel_counts,
@@ -41,6 +42,7 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     primary_metric = "miou"
+    gathers_metrics = True  # confusion counts and the loss are summed over the processes
 
     def __init__(self, cfg: SegmentationConfig, seed: int = 0, run_dir: Path | None = None) -> None:
         super().__init__(cfg, seed, run_dir)
@@ -166,6 +168,8 @@ class SegmentationTask(Task):
                 * len(probs)
             n += len(probs)
             metrics.update(probs.argmax(1), batch["mask"])
+        all_reduce_tensor_(metrics.stats)
+        loss_sum, n = all_reduce_sum([loss_sum, n])
         return {**metrics.compute(), "val_loss": loss_sum / max(1, n)}
 
     def save_visuals(self, model: nn.Module, loader: DataLoader, rt: Runtime, out_dir: Path, epoch: int) -> None:
@@ -176,7 +180,8 @@ class SegmentationTask(Task):
                 rows.append((self._denormalise(img)[:h, :w], mask.numpy()[:h, :w], p[:h, :w]))
             if len(rows) >= N_VISUALS:
                 break
-        save_panels(rows[:N_VISUALS], Path(out_dir) / f"epoch_{epoch:03d}.png", self.labels.ignore_index)
+        save_panels(rows[:N_VISUALS], Path(out_dir) / f"epoch_{epoch:03d}.png", self.labels.ignore_index,
+                    class_names=self.class_names)
 
     def _denormalise(self, image: torch.Tensor) -> np.ndarray:
         mean, std = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]

@@ -55,8 +55,10 @@ def save_index_mask(mask: np.ndarray, path: Path) -> None:
 
 
 def save_panels(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path,
-                ignore_index: int | None = None, gap: int = 4, min_height: int = 128) -> None:
-    """One PNG, a row per sample: image | truth overlay | prediction overlay, with column titles.
+                ignore_index: int | None = None, gap: int = 4, min_height: int = 128,
+                class_names: Sequence[str] | None = None) -> None:
+    """One PNG, a row per sample: image | truth overlay | prediction overlay, with column titles and,
+    with ``class_names``, a legend of the colours of the classes shown.
 
     Small images are enlarged (nearest neighbour, whole factors) to at least ``min_height``.
     """
@@ -76,9 +78,35 @@ def save_panels(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], path:
             x = k * (col_w + gap)
             canvas[y:y + ih, x:x + iw] = p
         y += ih + gap
+    if class_names:
+        shown = sorted({c for _, truth, pred in rows for m in (truth, pred) for c in np.unique(m).tolist()
+                        if c != ignore_index and c < len(class_names)})
+        canvas = np.concatenate([canvas, legend(shown, class_names, canvas.shape[1])])
     im = Image.fromarray(canvas)
     draw = ImageDraw.Draw(im)
     for k, title in enumerate(("image", "truth", "prediction")):
         draw.text((k * (col_w + gap) + 2, 1), title, fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
+
+
+def legend(classes: Sequence[int], names: Sequence[str], width: int, row_h: int = 16) -> np.ndarray:
+    """White strip ``width`` wide: a colour swatch and the name of each class, wrapped into rows."""
+    entries = [(c, f"{c}: {names[c]}") for c in classes]
+    widths = [row_h + 6 * len(text) + 12 for _, text in entries]  # PIL's default font: ~6 px a character
+    rows, x = 1, 0
+    for w in widths:
+        if x and x + w > width:
+            rows, x = rows + 1, 0
+        x += w
+    im = Image.new("RGB", (width, rows * row_h + 4), "white")
+    draw = ImageDraw.Draw(im)
+    x, y = 2, 2
+    for (c, text), w in zip(entries, widths):
+        if x > 2 and x + w > width:
+            x, y = 2, y + row_h
+        draw.rectangle((x, y + 2, x + row_h - 6, y + row_h - 4), fill=tuple(int(v) for v in PALETTE[c % 256]),
+                       outline=(0, 0, 0))
+        draw.text((x + row_h, y + 2), text, fill=(0, 0, 0))
+        x += w
+    return np.asarray(im)

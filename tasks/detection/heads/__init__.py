@@ -2,6 +2,8 @@
 
 - ``fpn.py``: RPN on P2…P6, RoIAlign 7×7 per level, two-FC box head (torchvision's fasterrcnn_*_fpn).
 - ``c4.py``: RPN and RoIAlign 14×14 on C4, the backbone's own stage 5 as box head (detectron2 Res5ROIHeads).
+- ``maskrcnn.py``: Mask R-CNN's mask branch on the FPN design.
+- ``dense.py``: RetinaNet and FCOS (one-stage, P3–P7): anchors and backbone.
 - ``predictor.py``: the last classifier/regressor (linear or cosine) and few-shot row transfer.
 """
 from __future__ import annotations
@@ -48,6 +50,7 @@ class FP32RPNHead(RPNHead):
 HEAD_DEFAULTS: dict[str, dict[str, int]] = {
     "fpn": {"roi_batch_size": 128, "proposals": 300, "roi_pool_size": 7},
     "c4": {"roi_batch_size": 64, "proposals": 100, "roi_pool_size": 14},
+    "maskrcnn": {"roi_batch_size": 128, "proposals": 300, "roi_pool_size": 7},
 }
 
 
