@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -32,11 +32,26 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 class Preprocessing:
     """How images must be prepared for these weights (travels with the backbone)."""
 
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN  # one value per input channel
+    std: tuple[float, ...] = IMAGENET_STD
     input_size: int = 224
     resize_size: int = 256
     source: str = "none"
+
+    def for_channels(self, channels: int) -> "Preprocessing":
+        """The same for ``channels`` input channels: 1 takes the average (a gray value meets RGB filters
+        summed into one, see :func:`fit_stem`); more repeat the values in turn (timm's filter repeat).
+
+        >>> Preprocessing().for_channels(1).mean
+        (0.449,)
+        """
+        if channels == len(self.mean):
+            return self
+        if channels == 1:
+            return replace(self, mean=(round(sum(self.mean) / len(self.mean), 4),),
+                           std=(round(sum(self.std) / len(self.std), 4),))
+        return replace(self, mean=tuple(self.mean[i % len(self.mean)] for i in range(channels)),
+                       std=tuple(self.std[i % len(self.std)] for i in range(channels)))
 
     def as_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std), "input_size": self.input_size,

@@ -77,7 +77,11 @@ class TrainConfig(Checked):
     optimizer: str = option("adamw", "Optimiser.", ("adamw", "sgd"))
     weight_decay: float = option(0.01, "Weight decay (never applied to norm layers or biases).", ge=0)
     warmup_epochs: float = option(1.0, "Linear warmup length in epochs (at most a fifth of the run), then "
-                                  "cosine decay to 0.", ge=0)
+                                  "the lr_scheduler.", ge=0)
+    lr_scheduler: str = option("cosine", "LR schedule after the warmup, per step: cosine (decay to 0) or step "
+                               "(× lr_gamma every lr_step_size epochs, torchvision's StepLR).", ("cosine", "step"))
+    lr_step_size: int = option(30, "With lr_scheduler step: epochs between LR decays.", ge=1)
+    lr_gamma: float = option(0.1, "With lr_scheduler step: LR factor at each decay.", gt=0, le=1)
     grad_clip: float = option(0.0, "Clip the gradient norm to this value (0 = off).", ge=0)
     ema_decay: float = option(0.0, "Keep an exponential moving average of the weights (timm ModelEmaV3) with "
                               "this decay, e.g. 0.999; it is evaluated, picked as best and saved as model_ema, "
@@ -111,6 +115,10 @@ class TaskConfig(Checked):
     norm: str = option("bn", "Backbone normalisation.", ("bn", "frozen_bn"))
     img_size: int = option(224, "Input size (classification/segmentation side; detection min side).", ge=16)
     shots: typing.Optional[int] = option(None, "Few-shot: K training samples per class (seeded).", ge=1)
+
+    def data_folders(self) -> list[str]:
+        """The folders ``data`` names, checked before a run writes anything."""
+        return [self.data] if isinstance(self.data, str) else list(self.data or [])
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, str) and self.weights.lower() in ("none", "random", ""):
@@ -203,12 +211,16 @@ def is_preset(path: Path) -> bool:
 
 
 def find_config(name_or_path: str | Path) -> Path:
-    """A YAML file, or the bundled preset of that name (``classification`` → ``presets/classification.yaml``)."""
+    """A YAML file, or the bundled preset of that name (``classification`` → ``presets/classification.yaml``).
+
+    ``configs/NAME.yaml`` also names a preset from any folder: the repository's ``configs`` is a link
+    to ``tasks/presets`` (one copy of each file, shipped inside the package).
+    """
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
     preset = PRESETS / f"{path.stem if path.suffix in ('.yaml', '.yml') else path.name}.yaml"
-    if path.parent == Path(".") and preset.is_file():
+    if path.parent in (Path("."), Path("configs")) and preset.is_file():
         return preset
     raise ConfigError(f"config {name_or_path} not found: pass a YAML file or a bundled preset "
                       f"({', '.join(preset_names())})")

@@ -90,8 +90,7 @@ def follow_weights(train_cfg: TrainConfig, task_cfg, user_keys: set[str]) -> Non
 
 
 def check_data(task_cfg) -> None:
-    folders = [task_cfg.data] if isinstance(task_cfg.data, str) else task_cfg.data or []
-    for folder in folders:
+    for folder in task_cfg.data_folders():
         if not Path(folder).expanduser().is_dir():
             raise DataError(f"data folder {folder} not found")
 

@@ -154,16 +154,18 @@ AUGMENTATIONS = ("imagenet", "shift", "none")
 
 
 def train_transform(size: int, pre: Preprocessing, augment: str = "imagenet") -> A.Compose:
-    """Training augmentation by policy.
+    """Training augmentation by policy (``pre.mean`` has one value per input channel).
 
-    ``imagenet``: random-resized crop, horizontal flip, colour jitter (photos). ``shift``: the whole
+    ``imagenet``: random-resized crop, horizontal flip, colour jitter (photos; none on grayscale,
+    where there is no colour to jitter). ``shift``: the whole
     image resized, then small random translations, rotations and scalings with the border
     repeated — for images whose orientation, colour and framing carry meaning (handwriting,
     characters, digits, documents), where flips and crops change the class. ``none``: resize only.
     """
     if augment == "imagenet":
-        ops = [A.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0)), A.HorizontalFlip(),
-               A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8)]
+        ops = [A.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0)), A.HorizontalFlip()]
+        if len(pre.mean) == 3:
+            ops.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8))
     elif augment == "shift":
         ops = [A.Resize(size, size),
                A.Affine(translate_percent=(-0.0625, 0.0625), rotate=(-10, 10), scale=(0.9, 1.1), shear=(-6, 6),
@@ -186,32 +188,98 @@ def eval_transform(size: int, pre: Preprocessing, augment: str = "imagenet") -> 
     return A.Compose([*ops, A.Normalize(mean=pre.mean, std=pre.std), ToTensorV2()])
 
 
-class ImageFolderDataset(Dataset):
-    """(image tensor, class index) pairs; augmentation seeded per (seed, epoch, index)."""
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """``H×W×C`` uint8 as ``channels`` channels: RGB → gray (ITU-R 601 luma, as PIL's ``convert("L")``),
+    gray → RGB repeated.
 
-    def __init__(self, samples: list[Sample], classes: list[str], transform: A.Compose, seed: int = 0) -> None:
-        self.samples = samples
-        self.class_to_idx = {c: i for i, c in enumerate(classes)}
-        unknown = sorted({s.label for s in samples} - set(self.class_to_idx))
-        if unknown:
-            raise DataError(f"class(es) {unknown[:5]} are not among the model's classes {classes[:10]}")
-        self.transform = transform
-        self.seed, self.epoch = seed, 0
+    >>> to_channels(np.zeros((2, 2, 3), np.uint8), 1).shape, to_channels(np.zeros((2, 2, 1), np.uint8), 3).shape
+    ((2, 2, 1), (2, 2, 3))
+    """
+    have = image.shape[-1]
+    if have == channels:
+        return image
+    if have == 3 and channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
+    if have == 1:
+        return np.repeat(image, channels, axis=-1)
+    raise DataError(f"cannot turn {have}-channel images into {channels} channels; set in_chans to {have}")
+
+
+class SeededTransformDataset(Dataset):
+    """Base of the datasets below: item ``i`` is augmented with a seed of (seed, epoch, i), and
+    images arrive with the model's channel count."""
+
+    def __init__(self, transform: A.Compose, seed: int = 0, channels: int = 3) -> None:
+        self.transform, self.seed, self.epoch, self.channels = transform, seed, 0, channels
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def image(self, i: int) -> np.ndarray:
+        """Item ``i``'s image as ``H×W×C`` uint8, before the transform."""
+        raise NotImplementedError
+
+    def label(self, i: int) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        self.transform.set_random_seed(sample_seed(self.seed, self.epoch, i))
+        return self.transform(image=to_channels(self.image(i), self.channels))["image"], self.label(i)
+
+
+class ImageFolderDataset(SeededTransformDataset):
+    """(image tensor, class index) pairs from image files; augmentation seeded per (seed, epoch, index)."""
+
+    def __init__(self, samples: list[Sample], classes: list[str], transform: A.Compose, seed: int = 0,
+                 channels: int = 3) -> None:
+        super().__init__(transform, seed, channels)
+        self.samples, self.classes = samples, classes
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({s.label for s in samples} - set(self.class_to_idx))
+        if unknown:
+            raise DataError(f"class(es) {unknown[:5]} are not among the model's classes {classes[:10]}")
+
+    def with_transform(self, transform: A.Compose) -> "ImageFolderDataset":
+        return ImageFolderDataset(self.samples, self.classes, transform, self.seed, self.channels)
+
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        s = self.samples[i]
-        self.transform.set_random_seed(sample_seed(self.seed, self.epoch, i))
-        return self.transform(image=read_rgb(s.path))["image"], self.class_to_idx[s.label]
+    def image(self, i: int) -> np.ndarray:
+        return read_rgb(self.samples[i].path)
+
+    def label(self, i: int) -> int:
+        return self.class_to_idx[self.samples[i].label]
 
     @property
     def targets(self) -> np.ndarray:
         return np.array([self.class_to_idx[s.label] for s in self.samples])
+
+
+class ArrayDataset(SeededTransformDataset):
+    """(image tensor, class index) pairs from ``N×H×W×C`` uint8 images held in memory (IDX, CIFAR,
+    torchvision data sets: see ``arrays.py``)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.Compose, seed: int = 0,
+                 channels: int | None = None) -> None:
+        super().__init__(transform, seed, images.shape[-1] if channels is None else channels)
+        self.images, self.labels = images, labels
+
+    def with_transform(self, transform: A.Compose) -> "ArrayDataset":
+        return ArrayDataset(self.images, self.labels, transform, self.seed, self.channels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.labels
 
 
 def balanced_sample_weights(labels: Sequence[str]) -> list[float]:

@@ -47,12 +47,15 @@ class ImageClassifier(nn.Module):
         torch.Size([2, 3])
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "linear") -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "linear", drop_rate: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
         dim = backbone.feature_info[-1].channels
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if not 0 <= drop_rate < 1:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        self.drop = nn.Dropout(drop_rate)  # on the pooled features, before the head (timm's drop_rate)
         self.head = nn.Linear(dim, num_classes) if head == "linear" else CosineClassifier(dim, num_classes)
 
     def features(self, x: torch.Tensor, levels: Sequence[str] = ("c5",), pool: str = "avg") -> torch.Tensor:
@@ -69,8 +72,8 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A 2-D input is an already-computed feature batch (frozen-backbone feature cache).
         if x.dim() == 2:
-            return self.head(x)
-        return self.head(global_pool(self.backbone(x)["c5"]))  # features(x), in words TorchScript compiles
+            return self.head(self.drop(x))
+        return self.head(self.drop(global_pool(self.backbone(x)["c5"])))  # features(x), in words TorchScript compiles
 
     @torch.no_grad()
     def set_prototypes(self, feats: torch.Tensor, labels: torch.Tensor) -> None:

@@ -23,8 +23,9 @@ from ..engine.callbacks import FreezeSchedule
 from ..engine.distributed import all_reduce_sum, gather_objects
 from ..engine.runtime import Runtime
 from .config import ClassificationConfig
-from .data import (ImageFolderDataset, Sample, balanced_sample_weights, class_weights, eval_transform, load_folders,
-                   scan_classes, train_transform)
+from .arrays import is_array_source, load_array_data, split_off
+from .data import (ArrayDataset, ImageFolderDataset, Sample, balanced_sample_weights, class_weights, eval_transform,
+                   load_folders, scan_classes, to_channels, train_transform)
 from .demo import make_classification_demo
 from .model import ImageClassifier, extract_features
 from .visuals import save_confusion_matrix, save_prediction_grid
@@ -43,6 +44,8 @@ class ClassificationTask(Task):
         self.preprocessing: Preprocessing | None = None
         self.last_details: dict[str, Any] = {}
         self.class_weights: list[float] | None = None
+        self.in_chans: int = cfg.in_chans or 3  # set from the data by build_datasets, or from a checkpoint
+        self.data_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # array data's mean/std
 
     # ---- data ------------------------------------------------------------------------------
     def data_roots(self) -> list[Path]:
@@ -51,6 +54,9 @@ class ClassificationTask(Task):
         return [make_classification_demo(self.run_dir / "demo_data", seed=self.seed)]
 
     def build_datasets(self):
+        arrays = [d for d in self.cfg.data or [] if is_array_source(d)]
+        if arrays:
+            return self._build_array_datasets(arrays)
         train, val, merge = load_folders(self.data_roots(), self.cfg.nested_classes, self.cfg.val_fraction,
                                          self.seed, self.cfg.skip_bad_images)
         if len(merge.folders) > 1:
@@ -61,11 +67,49 @@ class ClassificationTask(Task):
         if self.cfg.shots is not None:
             train = self._few_shot(train)
         self._train_samples, self._val_samples = train, val
+        self._train_labels = [s.label for s in train]
+        self._set_class_weights()
+        return (ImageFolderDataset(train, self.classes, self.train_transform(), self.seed, self.in_chans),
+                ImageFolderDataset(val, self.classes, self.eval_transform(), self.seed, self.in_chans))
+
+    def _build_array_datasets(self, specs: list[str]):
+        """IDX/CIFAR files or a torchvision data set: its test split validates; with one split only, a
+        fixed seeded share (``val_fraction``) does, and the rule and indices go to ``data_split.json``."""
+        if len(self.cfg.data) > 1:
+            raise DataError(f"--data {specs[0]} is an array data set (IDX, CIFAR or torchvision); it trains "
+                            "alone: give one --data")
+        data = load_array_data(specs[0], self.cfg.data_root, self.cfg.download)
+        self.classes, self.in_chans = data.classes, self.cfg.in_chans or data.channels
+        train, val = data.train, data.val
+        if val is None:
+            train_idx, val_idx = split_off(len(train), self.cfg.val_fraction, self.seed)
+            train, val = train.take(train_idx), train.take(val_idx)
+            if self.run_dir is not None:
+                (self.run_dir / "data_split.json").write_text(json.dumps({
+                    "source": data.source, "rule": "val = the first round(n × val_fraction) of "
+                    "torch.randperm(n) seeded with sample_seed(seed, 'val-split'); train = the rest",
+                    "n": len(data.train), "val_fraction": self.cfg.val_fraction, "seed": self.seed,
+                    "val_indices": val_idx.tolist()}))
+        if data.channels == self.in_chans:  # statistics of what the model sees (else the weights' below)
+            self.data_stats = data.pixel_stats()
+        log.info(f"{data.source}: {len(train)} train / {len(val)} val images, {data.channels} channel(s) "
+                 f"{'x'.join(map(str, data.train.images.shape[1:3]))} px, {len(self.classes)} classes"
+                 f"{'' if data.val is not None else f' (val: a seeded {self.cfg.val_fraction:g} split, data_split.json)'}")
+        if self.cfg.shots is not None:
+            picked, _ = stratified_pick(train.labels.tolist(), self.cfg.shots, self.seed)
+            train = train.take(picked)
+            log.info(f"few-shot: {self.cfg.shots} image(s) per class, {len(train)} in all")
+        self._train_samples = self._val_samples = None
+        self._train_labels = [self.classes[i] for i in train.labels]
+        self._val_images = val.images
+        self._set_class_weights()
+        return (ArrayDataset(train.images, train.labels, self.train_transform(), self.seed, self.in_chans),
+                ArrayDataset(val.images, val.labels, self.eval_transform(), self.seed, self.in_chans))
+
+    def _set_class_weights(self) -> None:
         if self.cfg.class_weights:
-            self.class_weights = class_weights(self.cfg.class_weights, [s.label for s in train], self.classes)
+            self.class_weights = class_weights(self.cfg.class_weights, self._train_labels, self.classes)
             log.info("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(self.classes, self.class_weights)))
-        return (ImageFolderDataset(train, self.classes, self.train_transform(), self.seed),
-                ImageFolderDataset(val, self.classes, self.eval_transform(), self.seed))
 
     def _few_shot(self, train: list[Sample]) -> list[Sample]:
         k = self.cfg.shots
@@ -90,11 +134,16 @@ class ClassificationTask(Task):
         return eval_transform(self.cfg.img_size, self._preprocessing(), self.cfg.augment)
 
     def _preprocessing(self) -> Preprocessing:
+        """The weights' mean/std for the model's channels; with random weights on array data, the
+        data's own pixel statistics."""
         if self.preprocessing is None:
             from resnet_backbones.weights import preprocessing_for
             from resnet_backbones import get_spec
 
-            self.preprocessing = preprocessing_for(get_spec(self.cfg.backbone), self.cfg.weights)
+            pre = preprocessing_for(get_spec(self.cfg.backbone), self.cfg.weights).for_channels(self.in_chans)
+            if self.cfg.weights is None and self.data_stats is not None:
+                pre = dataclasses.replace(pre, mean=self.data_stats[0], std=self.data_stats[1], source="data")
+            self.preprocessing = pre
         return self.preprocessing
 
     # ---- model ------------------------------------------------------------------------------
@@ -108,17 +157,17 @@ class ClassificationTask(Task):
             log.info("head=prototype trains nothing: the backbone is used frozen")
         # c4 costs nothing extra (c5 is computed from it) and few-shot evaluation can compare it too.
         bb = create_backbone(self.cfg.backbone, weights=self.cfg.weights, out_features=("c3", "c4", "c5"),
-                             freeze_stages=freeze, norm=self.cfg.norm)
+                             freeze_stages=freeze, norm=self.cfg.norm, in_chans=self.in_chans, stem=self.cfg.stem)
         if self.cfg.weights is not None:
-            self.preprocessing = bb.preprocessing
-        model = ImageClassifier(bb, len(self.classes), self.cfg.head)
+            self.preprocessing = bb.preprocessing.for_channels(self.in_chans)
+        model = ImageClassifier(bb, len(self.classes), self.cfg.head, self.cfg.drop_rate)
         if self.cfg.head == "prototype":
             model.head.requires_grad_(False)
         return model
 
     def prepare_training(self, model, train_ds, val_ds, rt: Runtime):
         if self.cfg.head in ("prototype", "imprint"):
-            plain = ImageFolderDataset(self._train_samples, self.classes, val_ds.transform, self.seed)
+            plain = train_ds.with_transform(val_ds.transform)
             feats, labels = extract_features(model, self._loader(plain), rt)
             model.set_prototypes(feats, labels)
             log.info(f"{self.cfg.head}: head set to the class means of {len(plain)} training images")
@@ -127,7 +176,7 @@ class ClassificationTask(Task):
         # Frozen backbone: features never change, so compute them once (without augmentation)
         # and train the head alone on them.
         cached = []
-        for ds in (ImageFolderDataset(self._train_samples, self.classes, val_ds.transform, self.seed), val_ds):
+        for ds in (train_ds.with_transform(val_ds.transform), val_ds):
             cached.append(TensorDataset(*extract_features(model, self._loader(ds), rt)))
         log.info(f"backbone frozen: cached features of {len(cached[0])} train / {len(cached[1])} val images")
         return model.head, cached[0], cached[1]
@@ -136,7 +185,7 @@ class ClassificationTask(Task):
         return DataLoader(ds, batch_size=64, shuffle=False, num_workers=0)
 
     def sample_weights(self) -> list[float] | None:
-        return balanced_sample_weights([s.label for s in self._train_samples]) if self.cfg.sampler == "balanced" \
+        return balanced_sample_weights(self._train_labels) if self.cfg.sampler == "balanced" \
             else None
 
     def callbacks(self) -> list:
@@ -190,9 +239,11 @@ class ClassificationTask(Task):
         out_dir.mkdir(parents=True, exist_ok=True)
         save_confusion_matrix(self.last_details["confusion"], self.classes, out_dir / "confusion_matrix.png",
                               title=f"epoch {epoch}")
-        samples = getattr(self, "_val_samples", None)  # predictions are in the validation set's order
-        if samples is not None and len(samples) == len(self.last_details["predictions"]):
-            save_prediction_grid([s.path for s in samples], self.last_details["predictions"], self.classes,
+        # predictions are in the validation set's order
+        samples, images = getattr(self, "_val_samples", None), getattr(self, "_val_images", None)
+        shown = [s.path for s in samples] if samples is not None else images
+        if shown is not None and len(shown) == len(self.last_details["predictions"]):
+            save_prediction_grid(shown, self.last_details["predictions"], self.classes,
                                  out_dir / "predictions.png", title=f"epoch {epoch}")
         with open(out_dir / "per_class_accuracy.csv", "w", newline="") as f:
             w = csv.writer(f)
@@ -201,17 +252,25 @@ class ClassificationTask(Task):
 
     # ---- checkpoint and inference --------------------------------------------------------------
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"classes": list(self.classes), "preprocessing": self._preprocessing().as_dict()}
+        return {"classes": list(self.classes), "preprocessing": self._preprocessing().as_dict(),
+                "in_chans": self.in_chans}
 
     def load_meta(self, meta: dict[str, Any]) -> None:
         self.classes = list(meta["classes"])
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+        self.in_chans = int(meta.get("in_chans", 3))  # absent in checkpoints of earlier versions: RGB
 
     def eval_dataset(self, data: str):
+        if is_array_source(data):  # its test split, else all of it
+            arrays = load_array_data(data, self.cfg.data_root, download=False)
+            split = arrays.val if arrays.val is not None else arrays.train
+            if len(arrays.classes) != len(self.classes):
+                raise DataError(f"{arrays.source} has {len(arrays.classes)} classes, the model {len(self.classes)}")
+            return ArrayDataset(split.images, split.labels, self.eval_transform(), channels=self.in_chans)
         root = Path(data)
         split = root / "val" if (root / "val").is_dir() else root
         samples = scan_classes(split, self.cfg.nested_classes)
-        return ImageFolderDataset(samples, self.classes, self.eval_transform())
+        return ImageFolderDataset(samples, self.classes, self.eval_transform(), channels=self.in_chans)
 
     @torch.no_grad()
     def predict(self, model, inputs: list[Path], out_dir: Path, rt: Runtime) -> list[dict]:
@@ -219,7 +278,7 @@ class ClassificationTask(Task):
         records = []
         k = min(5, len(self.classes))
         for path in inputs:
-            x = tf(image=read_rgb(path))["image"][None]
+            x = tf(image=to_channels(read_rgb(path), self.in_chans))["image"][None]
             with rt.autocast():
                 probs = model(rt.to_device(x)).float().softmax(1)[0].cpu()
             scores, idx = probs.topk(k)

@@ -34,10 +34,11 @@ def save_confusion_matrix(cm: np.ndarray, classes: list[str], path: Path, title:
     plt.close(fig)
 
 
-def save_prediction_grid(paths: Sequence[Path], predictions: Sequence[tuple[int, float, int]], classes: list[str],
-                         path: Path, title: str = "", n: int = 16, side: int = 160) -> None:
+def save_prediction_grid(paths: Sequence[Path] | np.ndarray, predictions: Sequence[tuple[int, float, int]],
+                         classes: list[str], path: Path, title: str = "", n: int = 16, side: int = 160) -> None:
     """A grid of validation images with their true and predicted labels: the misclassified first (most
-    confident first), then correct ones; ``predictions`` holds ``(predicted, score, true)`` per image."""
+    confident first), then correct ones; ``predictions`` holds ``(predicted, score, true)`` per image.
+    ``paths``: image files, or the images themselves (``N×H×W×C`` uint8, C = 1 or 3)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,10 +55,13 @@ def save_prediction_grid(paths: Sequence[Path], predictions: Sequence[tuple[int,
     wrong = sum(p != t for p, _, t in predictions)
     for ax, i in zip(axes.flat, shown):
         pred, score, true = predictions[i]
-        with Image.open(paths[i]) as im:
-            im = im.convert("RGB")
-            im.thumbnail((side, side))
-            ax.imshow(np.asarray(im))
+        if isinstance(paths, np.ndarray):
+            ax.imshow(paths[i][..., 0] if paths.shape[-1] == 1 else paths[i], cmap="gray", vmin=0, vmax=255)
+        else:
+            with Image.open(paths[i]) as im:
+                im = im.convert("RGB")
+                im.thumbnail((side, side))
+                ax.imshow(np.asarray(im))
         ok = pred == true
         ax.set_title(f"true: {classes[true]}\npred: {classes[pred]} ({score:.2f})", fontsize=8,
                      color="darkgreen" if ok else "crimson")

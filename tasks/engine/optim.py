@@ -1,4 +1,4 @@
-"""Fine-tuning optimiser and schedule: lower backbone LR, no decay on norms/biases, warmup + cosine."""
+"""Fine-tuning optimiser and schedule: lower backbone LR, no decay on norms/biases, warmup + cosine or step."""
 from __future__ import annotations
 
 import logging
@@ -54,15 +54,27 @@ def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -
     return min(steps, cap)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step linear warmup from 1 % then cosine decay to 0 at ``total_steps``."""
+def build_scheduler(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str = "cosine",
+                    step_every: int = 0, gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warmup from 1 %, then ``"cosine"`` decay to 0 at ``total_steps``, or ``"step"``:
+    × ``gamma`` every ``step_every`` steps counted from the start (torchvision's StepLR, per epoch when
+    ``step_every`` is an epoch's steps).
+
+    >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+    >>> s = build_scheduler(opt, 6, 0, kind="step", step_every=2, gamma=0.5)
+    >>> [s.lr_lambdas[0](i) for i in range(6)]
+    [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    """
+    if kind not in ("cosine", "step"):
+        raise ValueError(f"kind must be cosine or step, got {kind!r}")
     total_steps = max(1, total_steps)
     warmup_steps = min(max(0, warmup_steps), total_steps - 1)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return 0.01 + 0.99 * step / warmup_steps
+        if kind == "step":
+            return gamma ** (step // max(1, step_every))
         t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 

@@ -116,8 +116,9 @@ class Trainer:
         self.optimizer = build_optimizer(param_groups(self.step_model, task.backbone_parameters(self.model), cfg),
                                          cfg)
         total = self.epochs * self.steps_per_epoch
-        self.scheduler = build_scheduler(self.optimizer, total, warmup_steps(cfg.warmup_epochs,
-                                                                             self.steps_per_epoch, total))
+        self.scheduler = build_scheduler(self.optimizer, total,
+                                         warmup_steps(cfg.warmup_epochs, self.steps_per_epoch, total),
+                                         cfg.lr_scheduler, cfg.lr_step_size * self.steps_per_epoch, cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.needs_grad_scaler)
         if cfg.ema_decay > 0 and self.trains:
             from timm.utils import ModelEmaV3
