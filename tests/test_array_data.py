@@ -168,3 +168,19 @@ def test_mnist_t10k_end_to_end(shared_data, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_metric"] > 0.9
+
+
+def test_grayscale_transforms_and_channels():
+    import albumentations as A
+
+    from resnet_backbones.weights import Preprocessing
+    from tasks.classification.data import ArrayDataset, train_transform
+
+    gray = Preprocessing().for_channels(1)
+    tf = train_transform(28, gray, "imagenet")
+    assert not any(isinstance(t, A.ColorJitter) for t in tf.transforms)  # no colour to jitter
+    images, labels = fake_digits(4)
+    ds = ArrayDataset(images[..., None], labels, tf)
+    assert ds[0][0].shape == (1, 28, 28)
+    rgb = ArrayDataset(images[..., None], labels, train_transform(28, Preprocessing(), "shift"), channels=3)
+    assert rgb[0][0].shape == (3, 28, 28)  # gray repeated for an RGB model (--in-chans 3)

@@ -129,17 +129,23 @@ class ClassificationAdapter(Adapter):
     metric_name = "top1"
 
     def train_dataset(self, task, data: Path) -> Dataset:
-        from ..classification.data import ImageFolderDataset, scan_classes
+        from ..classification.arrays import is_array_source, load_array_data
+        from ..classification.data import ArrayDataset, ImageFolderDataset, scan_classes
 
+        if is_array_source(str(data)):  # IDX/CIFAR files
+            train = load_array_data(str(data), task.cfg.data_root, download=False).train
+            return ArrayDataset(train.images, train.labels, task.eval_transform(), channels=task.in_chans)
         root = data / "train" if (data / "train").is_dir() else data
-        return ImageFolderDataset(scan_classes(root, task.cfg.nested_classes), task.classes, task.eval_transform())
+        return ImageFolderDataset(scan_classes(root, task.cfg.nested_classes), task.classes, task.eval_transform(),
+                                  channels=task.in_chans)
 
     def classes(self, task) -> list[str]:
         return list(task.classes)
 
     def preprocessing(self, task) -> dict[str, Any]:
         pre = task.preprocessing
-        return {"color": "RGB", "pixels": "uint8 0-255, then the pipeline below (Normalize divides by "
+        return {"color": "RGB" if task.in_chans == 3 else "gray (ITU-R 601 luma)" if task.in_chans == 1 else
+                f"{task.in_chans} channels", "pixels": "uint8 0-255, then the pipeline below (Normalize divides by "
                 "max_pixel_value, subtracts mean, divides by std)", "mean": list(pre.mean), "std": list(pre.std),
                 "input_size": task.cfg.img_size, "pipeline": describe_pipeline(task.eval_transform()),
                 "output": "logits over `classes` (softmax for probabilities)"}
