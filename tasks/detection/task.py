@@ -15,6 +15,7 @@ from resnet_backbones import Preprocessing, UserError
 
 from ..base import Task
 from ..data.io import DataError, read_rgb
+from ..engine.distributed import gather_objects
 from ..engine.runtime import Runtime
 from .coco import CocoDetection, CocoSplit, collate, holdout, load_coco, resolve_layout, sample_shots, to_tensor
 from .config import DetectionConfig
@@ -43,6 +44,7 @@ HEAD_KEYS = {"fpn": {"roi_pool_size", "fpn_channels", "box_head_dim"}, "c4": {"r
 class DetectionTask(Task):
     name = "detection"
     primary_metric = "ap50"
+    gathers_metrics = True  # each process detects on its shard; COCO evaluation runs on the gathered results
 
     def __init__(self, cfg: DetectionConfig, seed: int = 0, run_dir: Path | None = None) -> None:
         super().__init__(cfg, seed, run_dir)
@@ -208,6 +210,9 @@ class DetectionTask(Task):
                 results += to_coco_results(out, target["image_id"], ds.category_id_of)
                 if len(self._drawn) < VISUALS:
                     self._drawn.append((target, out))
+        # Under torchrun every process scored its block of the set: all of them, in image order (COCOeval
+        # groups by image and sorts by score, so the result equals one process's).
+        results = [r for part in gather_objects(results) for r in part]
         metrics = coco_box_metrics(ds.coco_gt(), [{k: v for k, v in r.items() if k != "segmentation"}
                                                   for r in results])
         if ds.masks:
