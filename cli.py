@@ -127,10 +127,12 @@ def backbones(describe_name: str | None, freeze_stages: int, norm: str, list_wei
     from resnet_backbones.catalog import catalog_rows, weights_rows
 
     if list_weights:
-        click.echo(f"{'name':18} {'weights (--weights)':44} {'top-1':>6}  source")
+        click.echo(f"{'name':18} {'weights (--weights)':44} {'top-1':>6} {'at px':>5}  source")
         for r in weights_rows():
             top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "-"
-            click.echo(f"{r['name']:18} {r['weights'] + (' *' if r['default'] else ''):44} {top1:>6}  {r['source']}")
+            px = str(r["top1_px"]) if r["top1_px"] else "-"
+            click.echo(f"{r['name']:18} {r['weights'] + (' *' if r['default'] else ''):44} {top1:>6} {px:>5}  "
+                       f"{r['source']}")
         click.echo("* = what --weights imagenet loads")
         return
     if describe_name:

@@ -7,6 +7,7 @@ same threads: CPU latency at batch 1 and 16 (median of 10 after 3 warm-ups, real
 images), size on disk, validation accuracy. Prints a markdown table and writes it as JSON.
 
     python benchmarks/bench_deploy.py --data ../shared/data/hymenoptera_data --backbones resnet18 resnet50
+    python benchmarks/bench_deploy.py --only dynamic        # eager fp32 and dynamic int8 only
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 import torch
+
+VARIANTS = ("onnx", "static", "dynamic", "pruned")
 
 
 def finetune(run: Path, data: str, backbone: str, epochs: int, img_size: int) -> None:
@@ -58,11 +61,12 @@ def bench_backbone(args, backbone: str) -> list[dict]:
         print(json.dumps(r), flush=True)
 
     row("eager fp32", src.model, saved_bytes(src.model.state_dict()))
-    onnx = root / "model.onnx"
-    export(run, "onnx", onnx, data=args.data, dynamic=False)
-    row("ONNX Runtime fp32", OnnxModule(onnx, adapter, threads=args.threads), onnx.stat().st_size)
+    if "onnx" in args.only:
+        onnx = root / "model.onnx"
+        export(run, "onnx", onnx, data=args.data, dynamic=False)
+        row("ONNX Runtime fp32", OnnxModule(onnx, adapter, threads=args.threads), onnx.stat().st_size)
 
-    for mode in ("static", "dynamic"):
+    for mode in [m for m in ("static", "dynamic") if m in args.only]:
         t = time.perf_counter()
         q = quantize(run, mode, root / f"int8-{mode}.pt2", data=args.data, calib_images=args.calib_images)
         rows.append({"backbone": backbone, "variant": f"{mode} int8 (PT2E, oneDNN)",
@@ -71,6 +75,8 @@ def bench_backbone(args, backbone: str) -> list[dict]:
                      "seconds": time.perf_counter() - t})
         print(json.dumps(rows[-1]), flush=True)
 
+    if "pruned" not in args.only:
+        return rows
     pruned = root / "pruned"
     if not (pruned / "best.pt").is_file():
         p = prune(run, 0.8, pruned, finetune_epochs=args.prune_epochs, data=args.data, overwrite=True)
@@ -96,6 +102,8 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/bench-deploy")
+    ap.add_argument("--only", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                    help="variants to measure besides eager fp32 (pruned: also pruned + static int8)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = [r for b in args.backbones for r in bench_backbone(args, b)]

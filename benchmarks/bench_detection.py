@@ -3,10 +3,12 @@ what the C4 head costs vs FPN.
 
     .venv/bin/python benchmarks/bench_detection.py --arch resnet50 --size 320 --batch 2
     .venv/bin/python benchmarks/bench_detection.py --heads fpn,maskrcnn,retinanet --skip c4
+    .venv/bin/python benchmarks/bench_detection.py --heads fpn,maskrcnn,retinanet --skip c4 --head-version v2
     .venv/bin/python benchmarks/bench_detection.py --arch resnet50 --size 800 --batch 4 --device cuda
 
 1. Ours vs torchvision, per ``--heads``: ``build_detector(arch, head)`` vs torchvision's
-   ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` / ``retinanet_resnet50_fpn``
+   ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` / ``retinanet_resnet50_fpn`` (their ``_v2``
+   with ``--head-version v2``)
    (``weights=None, weights_backbone=None``; Faster R-CNN on other depths: the same ``FasterRCNN``
    on ``resnet_fpn_backbone``), built with identical settings (BatchNorm, nothing frozen, same
    sizes, anchors, RPN/RoI sampling and proposal counts). Torchvision's weights are copied into
@@ -57,15 +59,16 @@ def torchvision_model(args, head: str, rpn_batch: int, roi_batch: int, proposals
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
     sizes = dict(num_classes=NUM_CLASSES, min_size=args.size, max_size=round(args.size * MAX_SIZE_RATIO))
+    v2 = "_v2" if args.head_version == "v2" else ""
     if head == "retinanet":
-        return detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, **sizes)
+        return getattr(detection, f"retinanet_resnet50_fpn{v2}")(weights=None, weights_backbone=None, **sizes)
     settings = dict(sizes, rpn_batch_size_per_image=rpn_batch, box_batch_size_per_image=roi_batch,
                     rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=1000,
                     rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=proposals)
     if head == "maskrcnn":
-        return detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **settings)
+        return getattr(detection, f"maskrcnn_resnet50_fpn{v2}")(weights=None, weights_backbone=None, **settings)
     if args.arch == "resnet50":
-        return detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, **settings)
+        return getattr(detection, f"fasterrcnn_resnet50_fpn{v2}")(weights=None, weights_backbone=None, **settings)
     return detection.FasterRCNN(resnet_fpn_backbone(backbone_name=args.arch, weights=None, trainable_layers=5),
                                 **settings)
 
@@ -74,7 +77,8 @@ def ours_from(tv, args, head: str, rpn_batch: int, roi_batch: int, proposals: in
     from tasks.detection.pretrained import our_keys
 
     ours = build_detector(args.arch, None, head, NUM_CLASSES, min_size=args.size, rpn_batch_size=rpn_batch,
-                          roi_batch_size=roi_batch, proposals=proposals)
+                          roi_batch_size=roi_batch, proposals=proposals, head_version=args.head_version,
+                          fpn_extra_from="c5" if (head, args.head_version) == ("retinanet", "v2") else "p5")
     ours.load_state_dict(our_keys(tv.state_dict()))  # same layout but our FPN wrapper's extra nesting
     return ours
 
@@ -132,6 +136,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--heads", default="fpn", help="comma list among fpn, maskrcnn, retinanet (vs torchvision)")
     p.add_argument("--skip", choices=("torchvision", "c4"), action="append", default=[])
+    p.add_argument("--head-version", choices=("v1", "v2"), default="v1", help="v2: torchvision's *_v2 detectors")
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"# {machine(device)}")
@@ -141,8 +146,8 @@ def main() -> None:
     fpn_d = HEAD_DEFAULTS["fpn"]
 
     for head in ([] if "torchvision" in args.skip else args.heads.split(",")):
-        if head != "fpn" and args.arch != "resnet50":
-            print(f"\n{head}: torchvision builds it on resnet50 only; skipped")
+        if (head != "fpn" or args.head_version == "v2") and args.arch != "resnet50":
+            print(f"\n{head} {args.head_version}: torchvision builds it on resnet50 only; skipped")
             continue
         torch.manual_seed(0)
         tv = torchvision_model(args, head, 64, fpn_d["roi_batch_size"], fpn_d["proposals"]).to(device)
@@ -151,7 +156,8 @@ def main() -> None:
         with torch.no_grad():
             a, b = tv(images)[0], ours(images)[0]
         same = all(a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=1e-3) for k in a)
-        print(f"\n{head}: ours vs torchvision (same weights → same outputs, {', '.join(a)}: {same})")
+        print(f"\n{head} {args.head_version}: ours vs torchvision (same weights → same outputs, {', '.join(a)}: "
+              f"{same})")
         fns = {}
         for name, model in (("ours", ours), ("torchvision", tv)):
             train, infer = step_fns(model, images, targets, device)

@@ -33,7 +33,7 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "imagenet",
                     fpn_extra: str | None = None, fpn_extra_from: str = "p5", *,
                     out_indices: Sequence[int] | None = None, in_chans: int = 3,
                     output_stride: int | None = None, drop_path_rate: float = 0.0,
-                    stem: str = "imagenet", out_format: str = "dict") -> nn.Module:
+                    stem: str = "imagenet", out_format: str = "dict", fpn_norm: str | None = None) -> nn.Module:
     """Build a registered ResNet as a multi-scale feature extractor.
 
     Args:
@@ -54,6 +54,7 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "imagenet",
         drop_path_rate: stochastic depth (timm's rule).
         stem: ``"imagenet"`` or ``"cifar"`` (3×3 stride-1 conv, no max-pool; see ResNetBackbone).
         out_format: ``"dict"`` (keyed by level) or ``"list"`` (timm ``features_only``'s output).
+        fpn_norm: ``None`` or ``"bn"`` (BatchNorm in the FPN, as torchvision's ``*_v2`` detectors).
 
     Example:
         >>> bb = create_backbone("resnet50", weights=None, fpn=True)
@@ -76,7 +77,8 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "imagenet",
     body = ResNetBackbone(spec, DEFAULT_OUT_FEATURES if out_features is None else out_features, freeze_stages=0,
                           norm=norm, in_chans=in_chans, output_stride=output_stride,
                           drop_path_rate=drop_path_rate, stem=stem)
-    neck = FPN(body.feature_info, fpn_channels, extra=fpn_extra, extra_from=fpn_extra_from) if fpn else None
+    neck = (FPN(body.feature_info, fpn_channels, extra=fpn_extra, extra_from=fpn_extra_from, norm=fpn_norm)
+            if fpn else None)
     state_dict, body.preprocessing = resolve_weights(spec, weights)
     if state_dict is not None:
         load_trunk_weights(body, fit_stem(state_dict, body.conv1, str(weights)), spec.name, str(weights))

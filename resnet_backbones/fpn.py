@@ -15,6 +15,7 @@ from .features import FeatureInfo, FeatureInfoList, traceable
 
 EXTRAS = (None, "maxpool", "p6", "p6p7")
 EXTRA_SOURCES = ("p5", "c5")
+NORMS = (None, "bn")
 
 
 class ConvLevels(ExtraFPNBlock):
@@ -59,6 +60,8 @@ class FPN(nn.Module):
             (P6 subsampled from P5, as the Faster R-CNN FPN's RPN expects); ``"p6"`` / ``"p6p7"``
             (convolutions, :class:`ConvLevels`: RetinaNet, FCOS).
         extra_from: ``"p5"`` or ``"c5"``, the input of the ``p6`` convolution.
+        norm: ``None`` (convolutions with biases, the FPN paper's) or ``"bn"`` (BatchNorm after each
+            convolution, as torchvision's ``*_v2`` detectors).
 
     Example:
         >>> from resnet_backbones import create_backbone
@@ -71,7 +74,7 @@ class FPN(nn.Module):
     __jit_unused_properties__ = ["feature_info"]
 
     def __init__(self, in_features: tuple[FeatureInfo, ...], out_channels: int = 256, extra: str | None = None,
-                 extra_from: str = "p5") -> None:
+                 extra_from: str = "p5", norm: str | None = None) -> None:
         super().__init__()
         if not in_features or any(not f.name.startswith("c") or f.name == "c1" for f in in_features):
             raise UserError(f"FPN takes features among c2…c5, got {[f.name for f in in_features]}")
@@ -79,6 +82,8 @@ class FPN(nn.Module):
             raise UserError(f"FPN out_channels must be positive, got {out_channels}")
         if extra not in EXTRAS:
             raise UserError(f"FPN extra levels must be one of {EXTRAS}, got {extra!r}")
+        if norm not in NORMS:
+            raise UserError(f"FPN norm must be one of {NORMS}, got {norm!r}")
         if extra_from not in EXTRA_SOURCES:
             raise UserError(f"FPN extra levels come from one of {EXTRA_SOURCES}, got {extra_from!r}")
         self.in_features = tuple(in_features)
@@ -89,7 +94,8 @@ class FPN(nn.Module):
             blocks = ConvLevels(source, out_channels, p7=extra == "p6p7", from_p5=extra_from == "p5")
         else:
             blocks = LastLevelMaxPool() if extra == "maxpool" else None
-        self.fpn = FeaturePyramidNetwork([f.channels for f in in_features], out_channels, extra_blocks=blocks)
+        self.fpn = FeaturePyramidNetwork([f.channels for f in in_features], out_channels, extra_blocks=blocks,
+                                         norm_layer=nn.BatchNorm2d if norm == "bn" else None)
         info = [FeatureInfo("p" + f.name[1:], out_channels, f.stride, f"fpn.layer_blocks.{i}", f.index)
                 for i, f in enumerate(in_features)]
         top = in_features[-1]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from tasks.detection.heads.predictor import BoxPredictor, transfer_rows
 from tasks.detection.metrics import coco_box_metrics, to_coco_results
 from tasks.detection.model import build_detector
 from tasks.detection.task import DetectionTask
-from tasks.detection.visualize import PALETTE
+from tasks.detection.visualize import MIN_SIDE, PALETTE
 from tasks.detection.transforms import train_transform
 from tasks.engine.runtime import Runtime
 
@@ -432,8 +433,39 @@ def test_task_evaluate_maps_labels_back_to_category_ids(tmp_path):
     assert m["ap50"] == pytest.approx(1.0) and m["map"] == pytest.approx(1.0)
     task.save_visuals(None, loader, Runtime.create("cpu"), tmp_path / "vis", epoch=1)
     drawn = np.asarray(Image.open(tmp_path / "vis" / "val_b.png"))
-    assert tuple(drawn[30, 39]) == PALETTE[1]  # right edge of the cat box [20, 20, 40, 40], label 1
+    k = math.ceil(MIN_SIDE / 50)  # small images are drawn enlarged, labels readable
+    assert drawn.shape == (50 * k, 50 * k, 3)
+    assert tuple(drawn[30 * k, 40 * k - 1]) == PALETTE[1]  # right edge of the cat box [20, 20, 40, 40], label 1
 
+
+
+def test_sharded_evaluation_gathers_to_the_single_process_metrics(tmp_path, monkeypatch):
+    """Under torchrun each process detects on its block of the val set; COCO evaluation must score the
+    gathered results (rank 0's block alone holds image a only, whose one detection misses: AP 0)."""
+    import tasks.detection.task as det_task
+    from tasks.engine.batching import Shard
+
+    write_coco(tmp_path, [("a.png", 40, 30), ("b.png", 50, 50)], [
+        {"image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 10]},
+        {"image_id": 2, "category_id": 7, "bbox": [1, 1, 8, 12]}], categories=[{"id": 7, "name": "dog"}], split="val")
+    task = DetectionTask(DetectionConfig(weights=None))
+    task.categories = [{"id": 7, "name": "dog"}]
+    ds = task.eval_dataset(str(tmp_path))
+    model = GroundTruthModel(ds)
+    a = model.by_size[(30, 40)]
+    model.by_size[(30, 40)] = {**a, "boxes": a["boxes"] + 20}  # image a: a miss; image b: a hit
+    rt, collate = Runtime.create("cpu"), task.collate_fn()
+    single = task.evaluate(model, torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=collate), rt)
+    assert single["ap50"] == pytest.approx(0.25, abs=0.01)  # a's miss ranks first (a tie, image order), then b's hit
+
+    def shard(rank):
+        return torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=collate, sampler=Shard(len(ds), 2, rank))
+
+    rank1 = []
+    monkeypatch.setattr(det_task, "gather_objects", lambda obj: rank1.append(obj) or [obj])
+    task.evaluate(model, shard(1), rt)
+    monkeypatch.setattr(det_task, "gather_objects", lambda obj: [obj, rank1[0]])
+    assert task.evaluate(model, shard(0), rt) == single
 
 # ---- few-shot (TFA) ---------------------------------------------------------------------------
 def test_cosine_predictor_scores_are_bounded():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 from cli import cli
 from tasks.config import PRESETS
 from tasks.detection.demo import write_demo
+from tasks.detection.visualize import MIN_SIDE
 
 # Tiny but complete: every flag below is a real CLI flag of --task detection.
 FAST = ["--weights", "none", "--img-size", "64", "--anchor-sizes", "16,32,64,128,256", "--fpn-channels", "32",
@@ -70,8 +72,9 @@ def test_finetune_evaluate_predict_round_trip(base_run, tiny_det_data, tmp_path)
         assert d["category_name"] in ("circle", "square", "triangle") and 0.05 <= d["score"] <= 1
     assert {d["image_id"] for d in dets} <= {1, 2}
     for p in images:
-        png = Image.open(tmp_path / "pred" / f"{p.stem}.png")
-        assert png.size == Image.open(p).size
+        png, (w, h) = Image.open(tmp_path / "pred" / f"{p.stem}.png"), Image.open(p).size
+        k = math.ceil(MIN_SIDE / min(w, h))  # drawn enlarged by a whole factor, so labels can be read
+        assert png.size == (w * k, h * k)
 
 
 def rename_category(data: Path, out: Path, old: str, new: str) -> Path:

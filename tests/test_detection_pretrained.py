@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from torchvision.models.detection import fasterrcnn_resnet50_fpn, retinanet_resnet50_fpn
+from torchvision.models import detection
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from cli import cli
 from resnet_backbones import UserError
+from tasks.detection.config import DetectionConfig
 from tasks.detection.demo import write_demo
 from tasks.detection.model import build_detector
 from tasks.detection.pretrained import detector_name, is_detector_source, load_detector_weights
+from tasks.detection.task import DetectionTask
 
 COCO_LIKE = [f"class{i}" for i in range(1, 91)]
 
@@ -59,12 +62,41 @@ def test_fasterrcnn_state_dict_gives_identical_detections(fasterrcnn_file):
         torch.testing.assert_close(g["scores"], w["scores"])
 
 
-def test_retinanet_state_dict_loads_and_matches(tmp_path):
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn_v2"])
+def test_v2_state_dicts_give_identical_detections(name, tmp_path):
+    """torchvision's _v2 design: BatchNorm in the FPN, a 2-conv RPN head, a 4-conv + 1-FC box head."""
     torch.manual_seed(0)
-    tv = retinanet_resnet50_fpn(weights=None, weights_backbone=None, min_size=256, max_size=427).eval()
+    # 100 proposals, not 1000: the 4-conv box head on 1000 RoIs costs ~100 GFLOP
+    tv = getattr(detection, name)(weights=None, weights_backbone=None, min_size=256, max_size=427,
+                                  rpn_post_nms_top_n_test=100).eval()
+    randomize(tv)
+    with torch.no_grad():
+        tv.roi_heads.box_predictor.cls_score.bias[3] = 6.0
+    torch.save(tv.state_dict(), tmp_path / "d.pth")
+    head = "maskrcnn" if name.startswith("mask") else "fpn"
+    ours = build_detector("resnet50", None, head, 91, min_size=256, norm="bn", head_version="v2", proposals=100,
+                          roi_batch_size=512, rpn_batch_size=256).eval()
+    assert load_detector_weights(ours, str(tmp_path / "d.pth"), COCO_LIKE)["initialised_afresh"] == []
+    images = [torch.rand(3, 100, 140, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        want, got = tv(images)[0], ours(images)[0]
+    assert len(want["boxes"]) > 0 and torch.equal(want["labels"], got["labels"])
+    for key in ("boxes", "scores") + (("masks",) if head == "maskrcnn" else ()):
+        torch.testing.assert_close(got[key], want[key])
+    with pytest.raises(UserError, match="does not fit"):  # the v1 design refuses v2 weights, loudly
+        load_detector_weights(build_detector("resnet50", None, head, 91, min_size=256), str(tmp_path / "d.pth"),
+                              COCO_LIKE)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_retinanet_state_dict_loads_and_matches(version, tmp_path):
+    torch.manual_seed(0)
+    build = detection.retinanet_resnet50_fpn if version == "v1" else detection.retinanet_resnet50_fpn_v2
+    tv = build(weights=None, weights_backbone=None, min_size=256, max_size=427).eval()
     randomize(tv)
     torch.save(tv.state_dict(), tmp_path / "r.pth")
-    ours = build_detector("resnet50", None, "retinanet", 91, min_size=256, norm="bn").eval()
+    ours = build_detector("resnet50", None, "retinanet", 91, min_size=256, norm="bn", head_version=version,
+                          fpn_extra_from="p5" if version == "v1" else "c5").eval()
     load_detector_weights(ours, str(tmp_path / "r.pth"), COCO_LIKE)
     image = [torch.rand(3, 100, 140)]
     with torch.no_grad():
@@ -76,6 +108,13 @@ def test_retinanet_state_dict_loads_and_matches(tmp_path):
 def test_names_and_mismatches(fasterrcnn_file, tmp_path):
     assert detector_name("torchvision:fasterrcnn_resnet50_fpn.COCO_V1") == "fasterrcnn_resnet50_fpn"
     assert detector_name("torchvision:IMAGENET1K_V2") is None and not is_detector_source("imagenet")
+    task = DetectionTask(DetectionConfig(weights="torchvision:fasterrcnn_resnet50_fpn_v2", backbone="resnet50"))
+    task.categories = [{"id": 1, "name": "a"}]
+    with pytest.raises(UserError, match="pass --head fpn --head-version v2"):  # before any download
+        task.build_model()
+    for head, more in (("c4", {}), ("fcos", {}), ("retinanet", {"fpn_extra_from": "p5"})):
+        with pytest.raises(UserError, match="v2"):
+            build_detector("resnet18", None, head, 3, min_size=64, head_version="v2", **more)
     small = build_detector("resnet50", None, "fpn", 4, min_size=64, fpn_channels=32)
     with pytest.raises(UserError, match="--fpn-channels 256"):
         load_detector_weights(small, str(fasterrcnn_file), ["a", "b", "c"])

@@ -185,4 +185,18 @@ def test_backbones_weights_lists_every_tag_with_source_and_top1():
     assert "69.76" not in rows["torchvision:IMAGENET1K_V2"] and "80.86" in rows["torchvision:IMAGENET1K_V2"]
     assert "download.pytorch.org" in rows["torchvision:IMAGENET1K_V1"] and "76.13" in rows["torchvision:IMAGENET1K_V1"]
     assert "timm:resnet50.a1_in1k" in rows and "hf-hub:timm/resnet50.a1_in1k" in rows["timm:resnet50.a1_in1k"]
+    assert rows["timm:resnet50.a1_in1k"].split()[2:4] == ["81.21", "288"]  # timm's table, at the size it used
     assert {line.split()[0] for line in result.output.splitlines()[1:-1]} == set(ARCHS)
+
+
+def test_timm_top1_table_covers_the_timm_tags_of_every_architecture():
+    import timm
+
+    from resnet_backbones.catalog import timm_top1
+
+    table = timm_top1()
+    assert all(50 < top1 < 90 and px in (224, 288) for top1, px in table.values())
+    for arch in ARCHS:  # every architecture has figures; tags timm published without any are few
+        tags = timm.list_pretrained(f"{arch}.*")
+        known = [t for t in tags if t in table]
+        assert known and len(known) >= len(tags) - 3, (arch, sorted(set(tags) - set(known)))

@@ -9,6 +9,7 @@ from ..config import TaskConfig, option
 
 HEADS = ("fpn", "c4", "maskrcnn", "retinanet", "fcos")
 FPN_EXTRA_FROM = ("p5", "c5")
+HEAD_VERSIONS = ("v1", "v2")
 # Used instead of the defaults when no --data is given (values the user set still win): the demo
 # images are 128 px high with 16–48 px objects, so small anchors, a slim FPN/box head and small RoIs;
 # BatchNorm and nothing frozen, since offline the backbone starts from random weights. From random
@@ -41,6 +42,10 @@ class DetectionConfig(TaskConfig):
     head: str = option("fpn", "Detector: fpn (Faster R-CNN, P2–P6 FPN, MLP box head); c4 (Faster R-CNN, RPN on "
                        "C4, stage 5 as box head); maskrcnn (fpn + mask branch: needs masks in the COCO JSON, "
                        "reports segm mAP too); retinanet or fcos (one-stage on P3–P7), all torchvision's.", HEADS)
+    head_version: str = option("v1", "v2: the design of torchvision's *_v2 detectors (fpn/maskrcnn: BatchNorm in the "
+                               "FPN, 2-conv RPN head, 4-conv + 1-FC box head and mask head with BatchNorm; retinanet: "
+                               "GroupNorm heads, GIoU loss, needs --fpn-extra-from c5); their weights need it.",
+                               HEAD_VERSIONS)
     fpn_extra_from: str = option("p5", "retinanet/fcos: P6 computed from P5 (FCOS, torchvision RetinaNet) or "
                                  "C5 (RetinaNet paper).", FPN_EXTRA_FROM)
     anchor_sizes: tuple[int, ...] = option((32, 64, 128, 256, 512),
@@ -65,8 +70,8 @@ class DetectionConfig(TaskConfig):
                                 gt=0, lt=1)
     init_from: typing.Optional[str] = option(None, "Start from a detection checkpoint (best.pt/last.pt) trained on "
                                              "other classes, or torchvision's (torchvision:fasterrcnn_resnet50_fpn, "
-                                             "maskrcnn_resnet50_fpn, retinanet_resnet50_fpn, or a file saved from "
-                                             "one); rows of classes with the same name are kept.")
+                                             "maskrcnn_resnet50_fpn, retinanet_resnet50_fpn, their _v2, or a file "
+                                             "saved from one); rows of classes with the same name are kept.")
     train_only: str = option("all", "Train everything (all) or only the box classifier/regressor "
                              "(predictor: TFA few-shot fine-tuning, everything else frozen).", TRAIN_ONLY)
     cosine_classifier: bool = option(False, "Cosine-similarity box classifier (TFA w/cos).")

@@ -2,15 +2,17 @@
 Faster R-CNN (FPN or C4 box head), Mask R-CNN, RetinaNet and FCOS."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.retinanet import RetinaNetHead
 
 from resnet_backbones import UserError
 from resnet_backbones.weights import Preprocessing
 
-from .config import HEADS
+from .config import HEAD_VERSIONS, HEADS
 from .heads import HEAD_DEFAULTS, HeadParts, build_head_parts
 from .heads.dense import SCORE_THRESH, dense_backbone, fcos_anchors, retinanet_anchors
 from .heads.maskrcnn import mask_parts
@@ -116,12 +118,14 @@ class MaskDetector(Detector, MaskRCNN):
 
     Args:
         mask_width: channels of the mask head's four convolutions (torchvision: 256).
+        version: ``"v2"``: BatchNorm in the mask head (``maskrcnn_resnet50_fpn_v2``).
         (the others as :class:`Detector`)
     """
 
-    def __init__(self, parts: HeadParts, num_classes: int, *, mask_width: int, **kwargs) -> None:
+    def __init__(self, parts: HeadParts, num_classes: int, *, mask_width: int, version: str = "v1",
+                 **kwargs) -> None:
         masks = mask_parts([n for n in parts.roi_pool.featmap_names], parts.backbone.out_channels, num_classes,
-                           mask_width)
+                           mask_width, version)
         # MaskRCNN.__init__ only adds these three to FasterRCNN's; Detector passes them through.
         super().__init__(parts, num_classes, extra={"mask_roi_pool": masks.roi_pool, "mask_head": masks.head,
                                                     "mask_predictor": masks.predictor}, **kwargs)
@@ -140,12 +144,18 @@ class DenseDetector(DetectorMixin):
 
 
 class RetinaNetDetector(DenseDetector, RetinaNet):
-    """torchvision ``RetinaNet`` (focal loss, 9 anchors per location) on our P3–P7 FPN."""
+    """torchvision ``RetinaNet`` (focal loss, 9 anchors per location) on our P3–P7 FPN; ``version="v2"``:
+    GroupNorm in the heads and a GIoU box loss (``retinanet_resnet50_fpn_v2``)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, min_size: int, anchor_sizes: Sequence[int],
-                 preprocessing: Preprocessing) -> None:
+                 preprocessing: Preprocessing, version: str = "v1") -> None:
         anchors = retinanet_anchors(anchor_sizes, len(backbone.feature_info))
-        super().__init__(backbone, num_classes, anchor_generator=anchors, score_thresh=SCORE_THRESH,
+        head = None
+        if version == "v2":
+            head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
+                                 norm_layer=partial(nn.GroupNorm, 32))
+            head.regression_head._loss_type = "giou"  # as torchvision's builder sets it
+        super().__init__(backbone, num_classes, anchor_generator=anchors, score_thresh=SCORE_THRESH, head=head,
                          **_transform_args(min_size, preprocessing))
         self._finish(backbone, preprocessing)
 
@@ -166,13 +176,14 @@ def build_detector(backbone: str, weights: str | None, head: str, num_classes: i
                    fpn_channels: int = 256, box_head_dim: int = 1024, rpn_batch_size: int = 64,
                    roi_batch_size: int | None = None, proposals: int | None = None,
                    cosine_scale: float | None = None, preprocessing: Preprocessing | None = None,
-                   fpn_extra_from: str = "p5") -> DetectorMixin:
+                   fpn_extra_from: str = "p5", head_version: str = "v1") -> DetectorMixin:
     """Backbone from the registry + head design (:data:`HEADS`) → a torchvision detector.
 
     ``"fpn"``/``"c4"``: Faster R-CNN; ``"maskrcnn"``: Mask R-CNN on the FPN design (mask head
     ``fpn_channels`` wide); ``"retinanet"``/``"fcos"``: one-stage on P3–P7 (``fpn_extra_from``:
     where P6 comes from). ``None`` for ``roi_pool_size`` / ``roi_batch_size`` / ``proposals``
     takes the head's default (:data:`HEAD_DEFAULTS`); the RoI settings concern two-stage heads.
+    ``head_version="v2"``: the design of torchvision's ``*_v2`` detectors (fpn, maskrcnn, retinanet).
 
     Example:
         >>> import torch
@@ -182,14 +193,24 @@ def build_detector(backbone: str, weights: str | None, head: str, num_classes: i
     """
     if head not in HEADS:
         raise UserError(f"unknown detection head {head!r}; choose one of: {', '.join(HEADS)}")
+    if head_version not in HEAD_VERSIONS:
+        raise UserError(f"unknown head version {head_version!r}; choose one of: {', '.join(HEAD_VERSIONS)}")
+    if head_version == "v2" and head in ("c4", "fcos"):
+        raise UserError(f"--head {head} has no v2 design (torchvision's _v2 detectors are fpn, maskrcnn and "
+                        "retinanet); drop --head-version v2")
+    if head_version == "v2" and head == "retinanet" and fpn_extra_from != "c5":
+        raise UserError("--head retinanet --head-version v2 computes P6 from C5, as torchvision's "
+                        "retinanet_resnet50_fpn_v2: add --fpn-extra-from c5")
     if head in ("retinanet", "fcos"):
         net = dense_backbone(backbone, weights, freeze_stages, norm, fpn_channels, fpn_extra_from)
         pre = preprocessing or net.preprocessing
         if head == "retinanet":
-            return RetinaNetDetector(net, num_classes, min_size=min_size, anchor_sizes=anchor_sizes, preprocessing=pre)
+            return RetinaNetDetector(net, num_classes, min_size=min_size, anchor_sizes=anchor_sizes, preprocessing=pre,
+                                     version=head_version)
         return FCOSDetector(net, num_classes, min_size=min_size, preprocessing=pre)
     defaults = HEAD_DEFAULTS[head]
-    extra = {"fpn_channels": fpn_channels, "box_head_dim": box_head_dim} if head in ("fpn", "maskrcnn") else {}
+    extra = ({"fpn_channels": fpn_channels, "box_head_dim": box_head_dim, "version": head_version}
+             if head in ("fpn", "maskrcnn") else {})
     parts = build_head_parts("c4" if head == "c4" else "fpn", backbone=backbone, weights=weights,
                              freeze_stages=freeze_stages, norm=norm, anchor_sizes=anchor_sizes,
                              roi_pool_size=roi_pool_size or defaults["roi_pool_size"], **extra)
@@ -197,5 +218,5 @@ def build_detector(backbone: str, weights: str | None, head: str, num_classes: i
                 roi_batch_size=roi_batch_size or defaults["roi_batch_size"],
                 proposals=proposals or defaults["proposals"], cosine_scale=cosine_scale, preprocessing=preprocessing)
     if head == "maskrcnn":
-        return MaskDetector(parts, num_classes, mask_width=fpn_channels, **args)
+        return MaskDetector(parts, num_classes, mask_width=fpn_channels, version=head_version, **args)
     return Detector(parts, num_classes, **args)

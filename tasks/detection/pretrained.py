@@ -23,9 +23,10 @@ from .heads.predictor import transfer_rows
 
 log = logging.getLogger(__name__)
 
-# torchvision builder → our --head; the architecture settings they were built with.
-DETECTORS = {"fasterrcnn_resnet50_fpn": "fpn", "maskrcnn_resnet50_fpn": "maskrcnn",
-             "retinanet_resnet50_fpn": "retinanet"}
+# torchvision builder → our (--head, --head-version); the architecture settings they were built with.
+DETECTORS = {"fasterrcnn_resnet50_fpn": ("fpn", "v1"), "maskrcnn_resnet50_fpn": ("maskrcnn", "v1"),
+             "retinanet_resnet50_fpn": ("retinanet", "v1"), "fasterrcnn_resnet50_fpn_v2": ("fpn", "v2"),
+             "maskrcnn_resnet50_fpn_v2": ("maskrcnn", "v2"), "retinanet_resnet50_fpn_v2": ("retinanet", "v2")}
 TORCHVISION_ARCH = {"backbone": "resnet50", "fpn_channels": 256, "box_head_dim": 1024, "roi_pool_size": 7,
                     "anchor_sizes": (32, 64, 128, 256, 512), "fpn_extra_from": "p5"}
 _DETECTOR_KEYS = ("rpn.", "roi_heads.", "head.")
@@ -64,8 +65,8 @@ def fetch(weights: str) -> tuple[dict[str, torch.Tensor], list[str] | None]:
 
         return read_state_dict(weights, strip=False), None
     if name not in DETECTORS:
-        raise WeightsError(f"torchvision detector {name} has another architecture than ours (v2 heads, other "
-                           f"trunks); supported: {', '.join(f'torchvision:{n}' for n in DETECTORS)}")
+        raise WeightsError(f"torchvision detector {name} has another architecture than ours (another trunk or "
+                           f"head); supported: {', '.join(f'torchvision:{n}' for n in DETECTORS)}")
     from torchvision.models import get_model_weights
 
     from resnet_backbones.weights import download_torchvision
@@ -103,7 +104,8 @@ def load_detector_weights(model: nn.Module, weights: str, class_names: list[str]
                          for k, v in TORCHVISION_ARCH.items())
         raise UserError(f"{weights} does not fit this detector: {len(missing)} missing, {len(unexpected)} unexpected, "
                         f"{len(wrong)} of another shape (e.g. {(missing + unexpected + wrong)[:3]}); torchvision's "
-                        f"detectors need {hint} and --norm frozen_bn or bn")
+                        f"detectors need {hint} and --norm frozen_bn or bn (their _v2: --head-version v2, "
+                        f"retinanet's with --fpn-extra-from c5)")
     model.load_state_dict(body, strict=False)
     kept, fresh = [], []
     for name in model.predictor_modules:

@@ -15,6 +15,7 @@ from resnet_backbones import Preprocessing, UserError
 
 from ..base import Task
 from ..data.io import DataError, read_rgb
+from ..engine.distributed import gather_objects
 from ..engine.runtime import Runtime
 from .coco import CocoDetection, CocoSplit, collate, holdout, load_coco, resolve_layout, sample_shots, to_tensor
 from .config import DetectionConfig
@@ -32,17 +33,21 @@ log = logging.getLogger(__name__)
 PREDICT_BATCH = 4
 VISUALS = 4  # val images drawn each epoch
 # Settings a checkpoint passed to --init-from must share with this run (they shape the weights).
-ARCH_KEYS = ("backbone", "head", "anchor_sizes", "roi_pool_size", "fpn_channels", "box_head_dim", "fpn_extra_from")
+ARCH_KEYS = ("backbone", "head", "head_version", "anchor_sizes", "roi_pool_size", "fpn_channels", "box_head_dim",
+             "fpn_extra_from")
 PREDICTOR = "roi_heads.box_predictor."
+# Values of settings that older checkpoints' configs predate.
+PREDATED = {"head_version": "v1"}
 # Which settings exist in which detector (the others do not shape its weights).
-HEAD_KEYS = {"fpn": {"roi_pool_size", "fpn_channels", "box_head_dim"}, "c4": {"roi_pool_size"},
-             "maskrcnn": {"roi_pool_size", "fpn_channels", "box_head_dim"},
-             "retinanet": {"fpn_channels", "fpn_extra_from"}, "fcos": {"fpn_channels", "fpn_extra_from"}}
+HEAD_KEYS = {"fpn": {"head_version", "roi_pool_size", "fpn_channels", "box_head_dim"}, "c4": {"roi_pool_size"},
+             "maskrcnn": {"head_version", "roi_pool_size", "fpn_channels", "box_head_dim"},
+             "retinanet": {"head_version", "fpn_channels", "fpn_extra_from"}, "fcos": {"fpn_channels", "fpn_extra_from"}}
 
 
 class DetectionTask(Task):
     name = "detection"
     primary_metric = "ap50"
+    gathers_metrics = True  # each process detects on its shard; COCO evaluation runs on the gathered results
 
     def __init__(self, cfg: DetectionConfig, seed: int = 0, run_dir: Path | None = None) -> None:
         super().__init__(cfg, seed, run_dir)
@@ -118,9 +123,10 @@ class DetectionTask(Task):
         init = self._init_checkpoint() if cfg.init_from and detector is None else None
         if init is not None and self.preprocessing is None:
             self.preprocessing = Preprocessing.from_dict(init["task_meta"]["preprocessing"])
-        wanted_head = DETECTORS.get(detector_name(detector) or "")
-        if wanted_head is not None and wanted_head != cfg.head:
-            raise UserError(f"{detector} is a {wanted_head} detector: pass --head {wanted_head}")
+        wanted = DETECTORS.get(detector_name(detector) or "")
+        if wanted is not None and wanted != (cfg.head, cfg.head_version):
+            raise UserError(f"{detector} is a {wanted[0]} detector of design {wanted[1]}: pass --head {wanted[0]} "
+                            f"--head-version {wanted[1]}")
         if detector is not None and self.preprocessing is None:
             self.preprocessing = Preprocessing(source=str(detector))  # torchvision's detectors: ImageNet mean/std
         if cfg.norm == "frozen_bn" and cfg.weights is None and init is None and self.preprocessing is None:
@@ -133,7 +139,7 @@ class DetectionTask(Task):
             roi_pool_size=cfg.roi_pool_size, fpn_channels=cfg.fpn_channels, box_head_dim=cfg.box_head_dim,
             rpn_batch_size=cfg.rpn_batch_size, roi_batch_size=cfg.roi_batch_size, proposals=cfg.proposals,
             cosine_scale=cfg.cosine_scale if cfg.cosine_classifier else None, preprocessing=self.preprocessing,
-            fpn_extra_from=cfg.fpn_extra_from)
+            fpn_extra_from=cfg.fpn_extra_from, head_version=cfg.head_version)
         self.preprocessing = model.preprocessing
         if init is not None:
             self._load_init(model, init)
@@ -208,6 +214,9 @@ class DetectionTask(Task):
                 results += to_coco_results(out, target["image_id"], ds.category_id_of)
                 if len(self._drawn) < VISUALS:
                     self._drawn.append((target, out))
+        # Under torchrun every process scored its block of the set: all of them, in image order (COCOeval
+        # groups by image and sorts by score, so the result equals one process's).
+        results = [r for part in gather_objects(results) for r in part]
         metrics = coco_box_metrics(ds.coco_gt(), [{k: v for k, v in r.items() if k != "segmentation"}
                                                   for r in results])
         if ds.masks:
@@ -301,6 +310,6 @@ def _arch(cfg: dict[str, Any]) -> dict[str, str]:
             or (k == "anchor_sizes" and head != "fcos")]  # FCOS's "anchors" are its strides
     out = {}
     for k in keys:
-        v = cfg.get(k) if cfg.get(k) is not None else defaults.get(k)
+        v = next((x for x in (cfg.get(k), defaults.get(k), PREDATED.get(k)) if x is not None), None)
         out[k] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
     return out

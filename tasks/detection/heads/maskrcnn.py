@@ -20,9 +20,10 @@ class MaskParts:
     predictor: nn.Module
 
 
-def mask_parts(levels: list[str], in_channels: int, num_classes: int, width: int) -> MaskParts:
+def mask_parts(levels: list[str], in_channels: int, num_classes: int, width: int, version: str = "v1") -> MaskParts:
     """RoIAlign 14×14 on the FPN levels RoIs are pooled from, four 3×3 convolutions of ``width``
-    channels, a 2× transposed convolution and a 1×1 per-class mask predictor.
+    channels (with BatchNorm for ``version="v2"``, as ``maskrcnn_resnet50_fpn_v2``), a 2× transposed
+    convolution and a 1×1 per-class mask predictor.
 
     Example:
         >>> p = mask_parts(["p2", "p3", "p4", "p5"], 256, num_classes=3, width=64)
@@ -31,5 +32,6 @@ def mask_parts(levels: list[str], in_channels: int, num_classes: int, width: int
     """
     return MaskParts(
         roi_pool=MultiScaleRoIAlign(levels, output_size=MASK_POOL_SIZE, sampling_ratio=2),
-        head=MaskRCNNHeads(in_channels, [width] * MASK_HEAD_CONVS, dilation=1),
+        head=MaskRCNNHeads(in_channels, [width] * MASK_HEAD_CONVS, dilation=1,
+                           norm_layer=nn.BatchNorm2d if version == "v2" else None),
         predictor=MaskRCNNPredictor(width, width, num_classes))
