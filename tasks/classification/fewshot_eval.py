@@ -37,7 +37,7 @@ def _restore_classifier(checkpoint: str, device: str):
 
 def _features(task, model, rt, samples: list[Sample], classes: list[str], scoring: Scoring
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = ImageFolderDataset(samples, classes, task.eval_transform())
+    ds = ImageFolderDataset(samples, classes, task.eval_transform(), channels=task.in_chans)
     shift = scoring.tta_shift
     if shift is None:
         shift = auto_tta_shift(task.cfg.img_size, task.cfg.augment)
