@@ -160,14 +160,21 @@ def test_cli_trains_a_grayscale_model_on_idx(tmp_path):
 
 @pytest.mark.slow
 def test_mnist_t10k_end_to_end(shared_data, tmp_path):
-    """Two epochs of the preset on the real MNIST test set: learns digits well beyond chance."""
+    """One epoch of the preset on the real MNIST test set (8,000 / 2,000), through the installed command
+    with torch's own thread count (this suite pins one): about 6 minutes on 2 cores; docs/benchmarks.md
+    has the 3-epoch figure (99.45 %)."""
+    import subprocess
+    import sys
+
     data = shared_data("mnist_t10k")
     run = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["finetune", "--config", "mnist_cifar_stem", "--data", str(data),
-                                      "--epochs", "1", "--logger", "csv", "--out", str(run)])
-    assert result.exit_code == 0, result.output
+    exe = Path(sys.executable).parent / "resnet-tasks"
+    proc = subprocess.run([str(exe), "finetune", "--config", "mnist_cifar_stem", "--data", str(data), "--epochs", "1",
+                           "--logger", "csv", "--out", str(run)], capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["best_metric"] > 0.9
+    assert summary["best_metrics"]["top1"] > 0.95  # 0.9775 after the first of the preset's 3 epochs
+    assert len(json.loads((run / "data_split.json").read_text())["val_indices"]) == 2000
 
 
 def test_grayscale_transforms_and_channels():
