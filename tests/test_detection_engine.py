@@ -129,6 +129,10 @@ def test_data_errors_are_one_line(tiny_det_data, tmp_path):
     result = invoke("finetune", "--task", "detection", "--data", tiny_det_data, *FAST, "--out", tmp_path / "r",
                     "--head", "c5")
     assert_user_error(result, "head must be one of fpn, c4")
+    result = invoke("finetune", "--task", "detection", "--data", tiny_det_data, *FAST, "--out", tmp_path / "r",
+                    "--head", "c4", "--head-version", "v2")
+    assert_user_error(result, "--head c4 has no v2 design")
+    assert not (tmp_path / "r").exists()  # nothing left behind
 
 
 def test_convert_masks_to_coco_command(tmp_path):
