@@ -185,3 +185,17 @@ def test_episodes_are_seeded_and_perfect_on_separable_features():
     assert b1 == b2 and 0 < b1["ci95"]
     with pytest.raises(DataError, match="lower --ways"):
         sample_episodes(labels.tolist(), ways=7, shots=1, queries=1, episodes=1, seed=0)
+
+
+def test_drop_rate_drops_pooled_features_in_training_only():
+    from resnet_backbones import create_backbone
+    from tasks.classification.model import ImageClassifier
+
+    torch.manual_seed(0)
+    feats = torch.randn(4, 512)  # a feature batch (the frozen-backbone cache's input)
+    off = ImageClassifier(create_backbone("resnet18", weights=None, out_features=("c5",)), 3).train()
+    assert torch.equal(off(feats), off(feats))  # drop_rate 0: nothing random on the step
+    on = ImageClassifier(create_backbone("resnet18", weights=None, out_features=("c5",)), 3, drop_rate=0.5).train()
+    assert not torch.equal(on(feats), on(feats))
+    on.eval()
+    assert torch.equal(on(feats), on.head(feats))

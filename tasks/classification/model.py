@@ -55,7 +55,8 @@ class ImageClassifier(nn.Module):
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if not 0 <= drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
-        self.drop = nn.Dropout(drop_rate)  # on the pooled features, before the head (timm's drop_rate)
+        # on the pooled features, before the head (timm's drop_rate); nothing at all on the step when off
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(dim, num_classes) if head == "linear" else CosineClassifier(dim, num_classes)
 
     def features(self, x: torch.Tensor, levels: Sequence[str] = ("c5",), pool: str = "avg") -> torch.Tensor:
