@@ -393,17 +393,21 @@ def fewshot_eval(ctx, checkpoint, data, runs_dir, protocol, ways, shots, queries
 @click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
               help="Input layout of the exported graph (nhwc: (B, H, W, 3) images).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: float16 weights, activations, input and outputs (half the file; for GPUs), checked "
+                   "against the fp32 model.")
 @click.option("--data", default=None, metavar="DIR", help="Data for the parity check (default: the run's).")
 @click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,
               help="Validation images the exported file is checked on.")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+              show_default="1e-4; fp16: 1% of the largest output, at least 0.01",
               help="Largest absolute output difference allowed.")
-def export(checkpoint, fmt, out, dynamic, opset, layout, data, samples, tolerance) -> None:
+def export(checkpoint, fmt, out, dynamic, opset, layout, precision, data, samples, tolerance) -> None:
     """Export a checkpoint (ONNX, TorchScript, ExportedProgram), checked on validation images before it is kept."""
     from tasks.deploy.export import export as run_export
 
-    info = run_export(checkpoint, fmt, out, dynamic=dynamic, opset=opset, layout=layout, data=data,
-                      samples=samples, tolerance=tolerance)
+    info = run_export(checkpoint, fmt, out, dynamic=dynamic, opset=opset, layout=layout, precision=precision,
+                      data=data, samples=samples, tolerance=tolerance)
     p = info["parity"]
     click.echo(f"parity: max abs difference {p['max_abs_diff']:.2e} on {p['images']} validation image(s) "
                f"(tolerance {p['tolerance']:g})")

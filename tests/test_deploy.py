@@ -169,6 +169,90 @@ def test_predict_with_the_onnx_file_writes_what_the_checkpoint_writes(runs, expo
         assert len(list(a.glob("*.png"))) == len(list(images.iterdir()))
 
 
+# ---- --precision fp16 ----------------------------------------------------------------------------------------------
+# Every format on both tasks; --dynamic and --layout nhwc ride along on the classifier. Static segmentation and
+# 2 parity images: PyTorch's float16 convolutions on a CPU run ~15x slower than float32 ones.
+FP16_CASES = {("classification", "onnx"): ["--layout", "nhwc", "--dynamic"], ("classification", "torchscript"): [],
+              ("classification", "exported-program"): ["--dynamic"], ("segmentation", "onnx"): [],
+              ("segmentation", "torchscript"): [], ("segmentation", "exported-program"): []}
+
+
+@pytest.fixture(scope="module")
+def exported_fp16(runs, tmp_path_factory):
+    """``exported_fp16(task, fmt)`` → (file, CLI output) of an fp16 export with the flags of ``FP16_CASES``."""
+    done: dict[tuple[str, str], tuple[Path, str]] = {}
+
+    def get(task: str, fmt: str) -> tuple[Path, str]:
+        if (task, fmt) not in done:
+            out = tmp_path_factory.mktemp("fp16") / f"model{FORMATS[fmt]}"
+            r = invoke("export", "--checkpoint", runs[task][0], "--format", fmt, "--out", out, "--precision", "fp16",
+                       "--samples", 2, *FP16_CASES[task, fmt])
+            assert r.exit_code == 0, r.output
+            done[task, fmt] = out, r.output
+        return done[task, fmt]
+
+    return get
+
+
+def file_dtypes(fmt: str, path: Path) -> tuple[str | None, set[str]]:
+    """(the graph's input dtype, or None where the format does not fix it; its floating weights' dtypes)."""
+    if fmt == "onnx":
+        import onnx
+
+        m = onnx.load(str(path))
+        name = onnx.helper.tensor_dtype_to_np_dtype
+        floats = {str(name(t.data_type)) for t in m.graph.initializer if t.data_type in (
+            onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)}
+        return str(name(m.graph.input[0].type.tensor_type.elem_type)), floats
+    if fmt == "torchscript":
+        m = torch.jit.load(str(path))
+        return None, {str(t.dtype).removeprefix("torch.") for t in [*m.parameters(), *m.buffers()]
+                      if t.is_floating_point()}
+    ep = torch.export.load(str(path))
+    (user_input,) = ep.graph_signature.user_inputs
+    node = next(n for n in ep.graph.nodes if n.name == user_input)
+    return (str(node.meta["val"].dtype).removeprefix("torch."),
+            {str(t.dtype).removeprefix("torch.") for t in ep.state_dict.values() if t.is_floating_point()})
+
+
+@pytest.mark.parametrize("task,fmt", list(FP16_CASES))
+def test_fp16_round_trip_is_float16_half_the_size_and_close_to_fp32(runs, exported_fp16, task, fmt):
+    run, _ = runs[task]
+    out, output = exported_fp16(task, fmt)
+    assert "parity: max abs difference" in output
+    meta = json.loads(out.with_name(out.name + ".json").read_text())
+    (spec,) = meta["inputs"]
+    assert spec["dtype"] == "float16" and spec["layout"] == ("NHWC" if "nhwc" in FP16_CASES[task, fmt] else "NCHW")
+    tol = meta["parity"]["tolerance"]
+    assert 0.01 <= tol < 1 and meta["parity"]["max_abs_diff"] <= tol  # 1e-4 (fp32's) would refuse float16
+    input_dtype, weights = file_dtypes(fmt, out)
+    assert input_dtype in (None, "float16") and weights == {"float16"}
+    _, model, _, _ = restore(run, "cpu")
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 2 * n_params < out.stat().st_size < 2.5 * n_params  # 2 bytes a weight (fp32: 4)
+
+    shape = spec["shape"]  # ["batch", 3, H, W] or NHWC ["batch", H, W, 3]
+    h, w = (40, 56) if meta["dynamic_size"] else shape[2:] if spec["layout"] == "NCHW" else shape[1:3]
+    x = torch.randn(3, 3, h, w, generator=torch.Generator().manual_seed(0))  # a batch (and size) never seen
+    fed = x.permute(0, 2, 3, 1).contiguous() if spec["layout"] == "NHWC" else x
+    (got,) = run_with_own_runtime(fmt, out, fed.half())
+    with torch.no_grad():
+        expected = model.eval()(x)
+    assert got.dtype == torch.float16 and got.shape == expected.shape
+    assert (got.float() - expected).abs().max().item() <= 0.01 * max(1.0, expected.abs().max().item())
+
+
+def test_predict_with_an_fp16_onnx_file_writes_what_the_checkpoint_writes(runs, exported_fp16, tmp_path):
+    run, data = runs["classification"]
+    model, _ = exported_fp16("classification", "onnx")  # NHWC and float16: predict permutes and casts
+    r = invoke("predict", "--model", model, data / "val", "--out", tmp_path / "onnx")
+    assert r.exit_code == 0, r.output
+    assert invoke("predict", "--checkpoint", run, data / "val", "--out", tmp_path / "ckpt").exit_code == 0
+    pa, pb = (json.loads((tmp_path / d / "predictions.json").read_text()) for d in ("onnx", "ckpt"))
+    assert [p["label"] for p in pa] == [p["label"] for p in pb]
+    assert np.allclose([p["score"] for p in pa], [p["score"] for p in pb], atol=1e-2)
+
+
 # ---- bad input: exit 2, one line, nothing written -----------------------------------------------------------------
 def test_a_checkpoint_that_is_not_ours(tmp_path):
     bad = tmp_path / "weights.pt"
@@ -184,16 +268,19 @@ def test_unsupported_format_for_the_task(runs, tmp_path):
     assert_user_error(invoke("export", "--checkpoint", run, "--format", "torchscript", "--out", out),
                       "detection models export to onnx only")
     assert_user_error(invoke("export", "--checkpoint", run, "--layout", "nhwc", "--out", out), "--layout nhwc")
+    assert_user_error(invoke("export", "--checkpoint", run, "--precision", "fp16", "--out", tmp_path / "det.onnx"),
+                      "--precision fp16 is not available for detection onnx export")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_parity_failure_leaves_no_file(runs, tmp_path):
+@pytest.mark.parametrize("fmt,precision", [("onnx", "fp32"), ("torchscript", "fp16")])
+def test_a_parity_failure_leaves_no_file(runs, tmp_path, fmt, precision):
     run, _ = runs["classification"]
-    out = tmp_path / "m.onnx"
+    out = tmp_path / f"m{FORMATS[fmt]}"
     out.write_bytes(b"an older export")  # kept: only a checked file replaces it
-    assert_user_error(invoke("export", "--checkpoint", run, "--out", out, "--tolerance", "0"),
-                      "parity check failed", "nothing written")
-    assert out.read_bytes() == b"an older export" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert_user_error(invoke("export", "--checkpoint", run, "--format", fmt, "--precision", precision, "--out", out,
+                             "--tolerance", "0"), "parity check failed", "nothing written")
+    assert out.read_bytes() == b"an older export" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
 def test_other_bad_requests(runs, tmp_path):

@@ -20,6 +20,7 @@ from ..base import Task
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 LAYOUTS = ("nchw", "nhwc")
+PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # --precision → dtype of the graph's weights and input
 
 
 class NHWCInput(nn.Module):
@@ -40,6 +41,7 @@ class Adapter:
     task: ClassVar[str]
     formats: ClassVar[tuple[str, ...]] = FORMATS
     layouts: ClassVar[tuple[str, ...]] = LAYOUTS
+    precisions: ClassVar[tuple[str, ...]] = tuple(PRECISIONS)
     input_names: ClassVar[tuple[str, ...]] = ("images",)
     output_names: ClassVar[tuple[str, ...]]
     batched: ClassVar[bool] = True     # a batch is one (B, 3, H, W) tensor; else a list of (3, H, W)
@@ -47,6 +49,7 @@ class Adapter:
     prunable: ClassVar[bool] = True
     metric_name: ClassVar[str]
     why_not: ClassVar[str] = ""       # why the formats missing from :attr:`formats` are
+    why_not_fp16: ClassVar[str] = ""  # why fp16 is missing from :attr:`precisions`
 
     # ---- data ----------------------------------------------------------------------------
     def val_dataset(self, task: Task, data: Path) -> Dataset:
@@ -184,6 +187,7 @@ class DetectionAdapter(Adapter):
     task = "detection"
     formats = ("onnx",)
     layouts = ("nchw",)
+    precisions = ("fp32",)
     output_names = ("boxes", "labels", "scores")
     batched = False
     quantizable = False
@@ -191,6 +195,8 @@ class DetectionAdapter(Adapter):
     metric_name = "ap50"
     why_not = ("torch.export cannot trace the data-dependent NMS of torchvision's Faster R-CNN, and "
                "torch.jit.script rejects the backbone's metadata classes")
+    why_not_fp16 = ("torchvision's RoIAlign refuses float16 features with the float32 boxes its RPN makes; "
+                    "export fp32 and let TensorRT build fp16 (trtexec --fp16)")
 
     def flatten(self, output) -> list[torch.Tensor]:
         (det,) = output

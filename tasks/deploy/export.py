@@ -2,11 +2,13 @@
 
 The file is written under a temporary name, loaded back with its own runtime (ONNX Runtime,
 ``torch.jit.load``, ``torch.export.load``) and run on real images from the run's validation data;
-only when every output is within the tolerance of the PyTorch model's is it renamed to ``--out``
-and its sidecar JSON written. Any failure leaves no file behind.
+only when every output is within the tolerance of the (float32) PyTorch model's is it renamed to
+``--out`` and its sidecar JSON written. Any failure leaves no file behind. ``--precision fp16``
+exports a float16 copy of the model (weights, activations, input and outputs).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -19,7 +21,7 @@ from torch import nn
 from resnet_backbones.errors import UserError
 
 from . import formats
-from .adapters import FORMATS, LAYOUTS, Adapter, NHWCInput, adapter_for
+from .adapters import FORMATS, LAYOUTS, PRECISIONS, Adapter, NHWCInput, adapter_for
 from .sidecar import FORMAT, sidecar_path, write_json_atomic
 from .source import Source, load_source
 
@@ -27,6 +29,13 @@ log = logging.getLogger(__name__)
 
 
 MIN_TRACE_SIDE = 64  # smaller examples make the deepest map 1x1, which torch.export bakes in as a size limit
+FP32_TOLERANCE = 1e-4
+# float16 keeps 11 significant bits: each rounding errs by up to 2^-11 ≈ 5e-4 of the value, and over a
+# ResNet's depth the logits of a float16 resnet18 end up ~1.5e-3 of their magnitude from float32's. An
+# absolute 1e-4 would refuse every float16 file; 1 % of the largest output (at least 0.01: logits near
+# 0 still carry the rounding of the activations before them) leaves room for deeper models while a
+# broken export (wrong weights or layout, an overflow past ±65504) errs by the outputs' own size.
+FP16_RELATIVE_TOLERANCE = 1e-2
 
 
 def real_inputs(src: Source, adapter: Adapter, samples: int, dynamic: bool) -> tuple[Any, list[Any]]:
@@ -88,11 +97,36 @@ def max_abs_diff(expected: list[torch.Tensor], got: list[torch.Tensor]) -> float
 
 
 @torch.no_grad()
-def parity(reference: nn.Module, exported: nn.Module, batches: list[Any], adapter: Adapter) -> float:
-    return max(max_abs_diff(adapter.flatten(reference(b)), adapter.flatten(exported(b))) for b in batches)
+def parity(reference: nn.Module, exported: nn.Module, batches: list[Any], adapter: Adapter) -> tuple[float, float]:
+    """(largest absolute difference between the two models' outputs, largest absolute reference
+    output) over ``batches``."""
+    diff = scale = 0.0
+    for b in batches:
+        expected = adapter.flatten(reference(b))
+        diff = max(diff, max_abs_diff(expected, adapter.flatten(exported(b))))
+        scale = max([scale, *(e.abs().max().item() for e in expected if e.is_floating_point() and e.numel())])
+    return diff, scale
 
 
-def check_request(adapter: Adapter, fmt: str, layout: str, opset: int | None) -> None:
+def default_tolerance(precision: str, scale: float) -> float:
+    """The ``--tolerance`` when none is given, for outputs as large as ``scale``.
+
+    Example:
+        >>> default_tolerance("fp32", 7.0), default_tolerance("fp16", 7.0), default_tolerance("fp16", 0.2)
+        (0.0001, 0.07, 0.01)
+    """
+    return FP32_TOLERANCE if precision == "fp32" else FP16_RELATIVE_TOLERANCE * max(1.0, scale)
+
+
+def in_precision(module: nn.Module, example: Any, precision: str) -> tuple[nn.Module, Any]:
+    """(module, example) to trace in ``precision``: a float16 copy, so the float32 model stays the reference."""
+    if precision == "fp32":
+        return module, example
+    dtype = getattr(torch, PRECISIONS[precision])
+    return copy.deepcopy(module).to(dtype), formats.cast_floats(example, dtype)
+
+
+def check_request(adapter: Adapter, fmt: str, layout: str, precision: str, opset: int | None) -> None:
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt not in adapter.formats:
@@ -100,13 +134,16 @@ def check_request(adapter: Adapter, fmt: str, layout: str, opset: int | None) ->
                         + (f" ({adapter.why_not})" if adapter.why_not else ""))
     if layout not in adapter.layouts:
         raise UserError(f"--layout {layout} is not available for {adapter.task} (choose {', '.join(adapter.layouts)})")
+    if precision not in adapter.precisions:
+        raise UserError(f"--precision {precision} is not available for {adapter.task} {fmt} export"
+                        + (f" ({adapter.why_not_fp16})" if adapter.why_not_fp16 else ""))
     if opset is not None and fmt != "onnx":
         raise UserError("--opset applies to --format onnx only")
 
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path, *, dynamic: bool = False, opset: int | None = None,
-           layout: str = "nchw", data: str | Path | None = None, samples: int = 8, tolerance: float = 1e-4
-           ) -> dict[str, Any]:
+           layout: str = "nchw", precision: str = "fp32", data: str | Path | None = None, samples: int = 8,
+           tolerance: float | None = None) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` and check it; returns the sidecar's content.
 
     Args:
@@ -115,9 +152,12 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
             takes one image of any size per call).
         opset: ONNX opset (default: the exporter's).
         layout: ``nchw``, or ``nhwc`` for a graph that takes ``(B, H, W, 3)`` images.
+        precision: ``fp32``, or ``fp16`` for float16 weights, activations, input and outputs (checked
+            against the float32 model).
         data: the data folder for the parity check (default: the run's).
         samples: validation images the exported file is checked on.
-        tolerance: largest absolute difference allowed between exported and PyTorch outputs.
+        tolerance: largest absolute difference allowed between exported and PyTorch outputs (default:
+            1e-4; fp16: :func:`default_tolerance`).
     """
     out = Path(out)
     if out.is_dir():
@@ -126,9 +166,11 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
         raise UserError(f"--out {out}: an ExportedProgram file must end in .pt2 (torch.export.load requires it)")
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     src = load_source(checkpoint, data)
     adapter = adapter_for(src.task.name)
-    check_request(adapter, fmt, layout, opset)
+    check_request(adapter, fmt, layout, precision, opset)
     example, batches = real_inputs(src, adapter, samples, dynamic)
     module: nn.Module = src.model
     if layout == "nhwc":
@@ -138,14 +180,15 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{formats.SUFFIXES.get(fmt, '')}")
     try:
         try:
-            formats.save(fmt, module, example, tmp, adapter, dynamic, opset, layout)
-            loaded = formats.load(fmt, tmp, adapter)
-            diff = parity(module, loaded, batches, adapter)
+            formats.save(fmt, *in_precision(module, example, precision), tmp, adapter, dynamic, opset, layout)
+            loaded = formats.load(fmt, tmp, adapter, dtype=PRECISIONS[precision])
+            diff, scale = parity(module, loaded, batches, adapter)
         except UserError:
             raise
         except Exception as e:  # an exporter or runtime failure: say which, keep the traceback for --debug
             raise UserError(f"{fmt} export of the {adapter.task} model failed: {root_cause(e)}") from e
         n_images = sum(len(b) for b in batches)
+        tolerance = default_tolerance(precision, scale) if tolerance is None else tolerance
         log.debug("parity: max abs difference %.3g over %d validation image(s) in %d batch(es) (tolerance %g)",
                  diff, n_images, len(batches), tolerance)
         if not diff <= tolerance:
@@ -153,7 +196,8 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
                             f"{diff:.3g} (> --tolerance {tolerance:g}) on {n_images} validation image(s); "
                             f"nothing written")
         info = describe(src, adapter, fmt, out, tmp, example, dynamic, layout,
-                        {"max_abs_diff": diff, "tolerance": tolerance, "images": n_images, "batches": len(batches)})
+                        {"max_abs_diff": diff, "tolerance": tolerance, "images": n_images, "batches": len(batches),
+                         "reference": "the float32 PyTorch model"}, precision)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -162,13 +206,13 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
 
 
 def describe(src: Source, adapter: Adapter, fmt: str, out: Path, written: Path, example: Any, dynamic: bool,
-             layout: str, parity_report: dict[str, Any] | None) -> dict[str, Any]:
+             layout: str, parity_report: dict[str, Any] | None, precision: str = "fp32") -> dict[str, Any]:
     """The sidecar: inputs, outputs, preprocessing and classes for any consumer; the task's config and
     metadata for ``resnet-tasks predict --model``."""
     first = example[0] if not adapter.batched else example
     info: dict[str, Any] = {
         "format": FORMAT, "model_file": out.name, "model_format": fmt, "task": adapter.task,
-        "inputs": [{"name": adapter.input_names[0], "dtype": "float32", "layout": layout.upper(),
+        "inputs": [{"name": adapter.input_names[0], "dtype": PRECISIONS[precision], "layout": layout.upper(),
                     "shape": adapter.input_shape(first, dynamic, layout)}],
         "outputs": list(adapter.output_names), "dynamic_size": dynamic or not adapter.batched,
         "classes": adapter.classes(src.task), "preprocessing": adapter.preprocessing(src.task),

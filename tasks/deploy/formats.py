@@ -5,8 +5,8 @@
 - ``torchscript``: ``torch.jit.trace``, loaded with ``torch.jit.load`` (C++ ``torch::jit::load``).
 - ``exported-program``: ``torch.export``, loaded with ``torch.export.load`` (AOTInductor, ExecuTorch).
 
-A loaded module takes and returns what the PyTorch model does, so parity checks and the tasks'
-own ``predict`` run on it unchanged.
+A loaded module takes and returns what the PyTorch model does (a float16 file takes and returns
+float32 through :class:`CastIO`), so parity checks and the tasks' own ``predict`` run on it unchanged.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from resnet_backbones.errors import UserError
 
 from .adapters import Adapter
 
@@ -83,8 +85,17 @@ def save(fmt: str, module: nn.Module, example: Any, path: Path, adapter: Adapter
                               dynamic_shapes=adapter.dynamic_shapes(dynamic, layout), verbose=False)
 
 
-def load(fmt: str, path: str | Path, adapter: Adapter, threads: int | None = None) -> nn.Module:
-    """The file at ``path`` as a module that takes and returns what the original model does."""
+def load(fmt: str, path: str | Path, adapter: Adapter, threads: int | None = None, dtype: str = "float32"
+         ) -> nn.Module:
+    """The file at ``path`` as a module that takes and returns what the original model does;
+    ``dtype``: the file's input dtype (a ``float16`` file is called with, and returns, float32)."""
+    if dtype not in ("float32", "float16"):
+        raise UserError(f"{path}: unknown input dtype {dtype!r} (float32 or float16)")
+    module = _load(fmt, path, adapter, threads)
+    return module if dtype == "float32" else CastIO(module, getattr(torch, dtype))
+
+
+def _load(fmt: str, path: str | Path, adapter: Adapter, threads: int | None) -> nn.Module:
     if fmt == "onnx":
         return OnnxModule(path, adapter, threads)
     with quiet():  # torch.jit.load warns that TorchScript is deprecated: the user chose it
@@ -92,6 +103,35 @@ def load(fmt: str, path: str | Path, adapter: Adapter, threads: int | None = Non
             return torch.jit.load(str(path), map_location="cpu").eval()
         import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  registers the int8 ops a quantised program uses
         return ProgramModule(torch.export.load(str(path)).module())
+
+
+class CastIO(nn.Module):
+    """A reduced-precision file called like the float32 model: floating inputs are cast to ``dtype``
+    (the graph refuses others), floating outputs back to float32 (what the tasks' postprocessing and
+    the parity check compute in)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, x: Any) -> Any:
+        return cast_floats(self.module(cast_floats(x, self.dtype)), torch.float32)
+
+
+def cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` (a tensor, or lists, tuples and dicts of them) with its floating tensors in ``dtype``.
+
+    Example:
+        >>> cast_floats({"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.long)}, torch.float16)
+        {'boxes': tensor([[0., 0., 0., 0.]], dtype=torch.float16), 'labels': tensor([1])}
+    """
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: cast_floats(v, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cast_floats(v, dtype) for v in value)
+    return value
 
 
 class ProgramModule(nn.Module):

@@ -34,12 +34,12 @@ class NCHWToNHWC(nn.Module):
 
 
 def load_exported(model_file: str | Path, threads: int | None = None) -> tuple[Any, nn.Module, dict[str, Any]]:
-    """(task rebuilt from the sidecar, the file as a module taking NCHW batches, sidecar)."""
+    """(task rebuilt from the sidecar, the file as a module taking float32 NCHW batches, sidecar)."""
     meta = read_sidecar(model_file)
     adapter = adapter_for(meta["task"])
     cfg = build(get_config_class(meta["task"]), {**meta["task_config"], "weights": None})
     task = get_task_class(meta["task"]).from_checkpoint(cfg, meta["task_meta"])
-    module = formats.load(meta["model_format"], model_file, adapter, threads)
+    module = formats.load(meta["model_format"], model_file, adapter, threads, dtype=meta["inputs"][0]["dtype"])
     if meta["inputs"][0]["layout"] == "NHWC":
         module = NCHWToNHWC(module)
     return task, module.eval(), meta
