@@ -370,3 +370,21 @@ def test_ranges_are_declared_once_and_hold_for_dicts_and_python(values, message)
 
 def test_weights_none_is_one_spelling():
     assert TaskConfig(weights="none").weights is None and TaskConfig(weights="None").weights is None
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_optimiser_step(tiny_cls_data, tmp_path, monkeypatch):
+    from resnet_backbones.errors import UserError
+
+    task = cls_task(tiny_cls_data)
+    real_step, seen = task.training_step, {}
+
+    def poisoned(model, batch):
+        seen["model"] = model
+        seen.setdefault("before", {k: p.detach().clone() for k, p in model.named_parameters()})
+        return {"loss": real_step(model, batch)["loss"] * float("nan")}
+
+    monkeypatch.setattr(task, "training_step", poisoned)
+    with pytest.raises(UserError, match=r"loss became nan at epoch 1, step 1; lower --lr"):
+        train(task, tmp_path / "run")
+    after = dict(seen["model"].named_parameters())
+    assert all(torch.equal(after[k], v) for k, v in seen["before"].items())  # no step with NaN gradients

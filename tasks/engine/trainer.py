@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -246,13 +247,16 @@ class Trainer:
             with contextlib.nullcontext() if last or self.train_module is self.step_model \
                     else self.train_module.no_sync():
                 losses = self.forward(batch)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise UserError(f"loss became {loss.item()} at epoch {self.state['epoch'] + 1}, step "
-                                    f"{self.state['step_in_epoch'] + 1}; lower --lr or set --grad-clip")
-                self.scaler.scale(loss * (n * self.env.world / total)).backward()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v.item() * n
+                self.scaler.scale(sum(losses.values()) * (n * self.env.world / total)).backward()
+            # One device sync per batch, after backward is queued (a check before backward would stall the
+            # CPU until the forward pass ends on a GPU, with nothing queued behind it); a non-finite loss
+            # still stops the run before the optimiser step.
+            values = torch.stack([v.detach().float() for v in losses.values()]).tolist()
+            if not math.isfinite(sum(values)):
+                raise UserError(f"loss became {sum(values)} at epoch {self.state['epoch'] + 1}, step "
+                                f"{self.state['step_in_epoch'] + 1}; lower --lr or set --grad-clip")
+            for k, v in zip(losses, values):
+                sums[k] = sums.get(k, 0.0) + v * n
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.step_model.parameters(), self.cfg.grad_clip)

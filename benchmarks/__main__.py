@@ -1,0 +1,3 @@
+from benchmarks.suite.cli import main
+
+main()
