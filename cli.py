@@ -447,26 +447,38 @@ def quantize(checkpoint, mode, out, calib_images, data, batch_size, lower, laten
 
 @cli.command()
 @verbosity_options
-@checkpoint_option
-@click.option("--keep", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True,
+@click.option("--checkpoint", default=None, metavar="CKPT", help="A checkpoint file or a run folder (uses best.pt).")
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, show_default="0.8",
               help="Share of the channels of every prunable layer kept.")
-@click.option("--out", required=True, metavar="DIR", help="Run folder for the pruned model (best.pt, prune_report.json).")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--out", default=None, metavar="DIR",
+              help="Run folder for the pruned model (best.pt, prune_report.json).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=None, show_default="0",
               help="Then fine-tune this many epochs with the run's own settings (the normal engine).")
 @click.option("--data", default=None, metavar="DIR", help="Data folder (default: the run's).")
+@click.option("--resume", "resume_dir", default=None, metavar="RUN_DIR",
+              help="Continue an interrupted fine-tune exactly (its checkpoint, --keep and epochs come from RUN_DIR).")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
-def prune(checkpoint, keep, out, finetune_epochs, data, overwrite) -> None:
+def prune(checkpoint, keep, out, finetune_epochs, data, resume_dir, overwrite) -> None:
     """Channel pruning (torch-pruning, L2 magnitude): params, FLOPs, latency and metric before/after."""
-    from tasks.deploy.prune import prune as run_prune
+    from tasks.deploy import prune as pruning
 
-    r = run_prune(checkpoint, keep, out, finetune_epochs=finetune_epochs, data=data, overwrite=overwrite)
+    if resume_dir is not None:
+        if overwrite:
+            raise UserError("--resume continues the run in RUN_DIR and --overwrite replaces it: pass one of them")
+        r = pruning.resume(resume_dir, checkpoint=checkpoint, keep=keep, finetune_epochs=finetune_epochs, data=data,
+                           out=out)
+    elif checkpoint is None or out is None:
+        raise UserError("prune needs --checkpoint CKPT and --out DIR (or --resume RUN_DIR to continue a fine-tune)")
+    else:
+        r = pruning.prune(checkpoint, 0.8 if keep is None else keep, out, finetune_epochs=finetune_epochs or 0,
+                          data=data, overwrite=overwrite)
     m = r["metric"]
     for stage in ("before", "pruned", "finetuned"):
         if stage in r:
             s = r[stage]
             click.echo(f"{stage:10} params {s['params'] / 1e6:6.2f}M  GFLOPs {s['flops'] / 1e9:7.3f}  "
                        f"latency {s['latency_ms_batch1']:7.1f} ms  {m} {s[m]:.4f}")
-    click.echo(f"FLOPs ratio {r['flops_ratio']:.2f}; pruned model: {out}/best.pt")
+    click.echo(f"FLOPs ratio {r['flops_ratio']:.2f}; pruned model: {resume_dir or out}/best.pt")
 
 
 # ---- convert ----------------------------------------------------------------------------------

@@ -118,6 +118,9 @@ def finetune(task: str | None, config_file: str | None, explicit: Mapping[str, A
 
 def _resume(resume: str, explicit: Mapping[str, Any]) -> dict[str, Any]:
     ckpt = load_checkpoint(resume, prefer="last")
+    if ckpt["task_meta"].get("pruned"):  # its layers have the pruned shapes, which only prune rebuilds
+        raise ConfigError(f"{ckpt['path']} holds a pruned model; continue an interrupted pruned fine-tune with "
+                          f"`resnet-tasks prune --resume {Path(ckpt['path']).parent}`")
     changed = {k for k, v in explicit.items()
                if k not in RESUME_OVERRIDABLE and k != "out"
                and ckpt["train_config"].get(k, ckpt["task_config"].get(k, v)) != v}

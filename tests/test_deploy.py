@@ -170,11 +170,14 @@ def test_predict_with_the_onnx_file_writes_what_the_checkpoint_writes(runs, expo
 
 
 # ---- --precision fp16 ----------------------------------------------------------------------------------------------
-# Every format on both tasks; --dynamic and --layout nhwc ride along on the classifier. Static segmentation and
-# 2 parity images: PyTorch's float16 convolutions on a CPU run ~15x slower than float32 ones.
+# Every format on both tasks; --dynamic and --layout nhwc ride along on the classifier's ONNX file. Static
+# exports otherwise, and 2 parity images: PyTorch's float16 convolutions on a CPU run ~15x slower than float32
+# ones, and a dynamic ExportedProgram takes seconds to load. The segmentation ONNX and ExportedProgram cases
+# (~12 s each, the same exporters as the fp32 round trips above) run with -m slow.
 FP16_CASES = {("classification", "onnx"): ["--layout", "nhwc", "--dynamic"], ("classification", "torchscript"): [],
-              ("classification", "exported-program"): ["--dynamic"], ("segmentation", "onnx"): [],
+              ("classification", "exported-program"): [], ("segmentation", "onnx"): [],
               ("segmentation", "torchscript"): [], ("segmentation", "exported-program"): []}
+SLOW_FP16 = {("segmentation", "onnx"), ("segmentation", "exported-program")}
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +218,8 @@ def file_dtypes(fmt: str, path: Path) -> tuple[str | None, set[str]]:
             {str(t.dtype).removeprefix("torch.") for t in ep.state_dict.values() if t.is_floating_point()})
 
 
-@pytest.mark.parametrize("task,fmt", list(FP16_CASES))
+@pytest.mark.parametrize("task,fmt", [pytest.param(*case, marks=pytest.mark.slow) if case in SLOW_FP16 else case
+                                      for case in FP16_CASES])
 def test_fp16_round_trip_is_float16_half_the_size_and_close_to_fp32(runs, exported_fp16, task, fmt):
     run, _ = runs[task]
     out, output = exported_fp16(task, fmt)
@@ -418,4 +422,43 @@ def test_prune_bad_requests(runs, tmp_path):
                   ).exit_code == 2
     assert_user_error(invoke("prune", "--checkpoint", runs["classification"][0], "--out", runs["classification"][0]),
                       "already holds a run")
+    assert_user_error(invoke("prune", "--out", tmp_path / "p"), "prune needs --checkpoint CKPT and --out DIR")
+    assert_user_error(invoke("prune", "--resume", tmp_path / "p", "--overwrite"), "pass one of them")
+    assert_user_error(invoke("prune", "--resume", runs["classification"][0]), "is not a pruned fine-tune")
     assert not (tmp_path / "p").exists()
+
+
+def test_an_interrupted_pruned_finetune_resumes_bit_identical(tiny_cls_data, tmp_path, monkeypatch):
+    """Interrupted in its second epoch, continued by the same command line with --resume: every parameter and
+    buffer equals an uninterrupted run's; a finished or interrupted run is never redone without --overwrite."""
+    from tasks.classification.task import ClassificationTask
+    from tasks.deploy.prune import prune
+    from tasks.engine.trainer import TrainingInterrupted
+    from test_engine import StopAt, assert_identical_runs
+
+    # drawing the epochs' PNGs is most of a tiny run's time, and none of what is tested here
+    monkeypatch.setattr(ClassificationTask, "save_visuals", lambda *args: None)
+    monkeypatch.setattr("tasks.engine.runlog.plot_curves", lambda *args: None)
+    src = train(["classification", "--data", tiny_cls_data, "--img-size", 32, "--batch-size", 12, "--logger", "none"],
+                tmp_path / "src")
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["prune", "--checkpoint", src, "--keep", 0.8, "--finetune-epochs", 2]  # 2 steps an epoch
+    assert invoke(*args, "--out", a).exit_code == 0
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        prune(src, 0.8, b, finetune_epochs=2, callbacks=[StopAt(1, 1)])
+    state = torch.load(b / "last.pt", weights_only=True)["state"]
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 1) and not (b / "prune_report.json").exists()
+    for taken in (a, b):
+        assert_user_error(invoke(*args, "--out", taken), "already holds a run", "--resume")
+    assert_user_error(invoke("finetune", "--resume", b), "pruned model", f"prune --resume {b}")
+    assert_user_error(invoke(*args, "--keep", 0.5, "--out", b, "--resume", b), "cannot change --keep")
+
+    r = invoke(*args, "--out", b, "--resume", b)  # the same command line, --resume added
+    assert r.exit_code == 0, r.output
+    assert "resuming" in r.output and "finetuned" in r.output
+    assert_identical_runs(a, b)
+    reports = [json.loads((d / "prune_report.json").read_text()) for d in (a, b)]
+    for rep in reports:
+        for stage in ("before", "pruned", "finetuned"):
+            del rep[stage]["latency_ms_batch1"]  # measured: differs run to run
+    assert reports[0] == reports[1] and reports[1]["finetuned"]["params"] < reports[1]["before"]["params"]
