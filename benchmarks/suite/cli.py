@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import backbone, classification, detection, memory, report, segmentation
+from . import backbone, classification, detection, memory, report, segmentation, timing
 from .sides import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +48,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder")
     ap.add_argument("--json", type=Path, help="write the ratios, memory and figures here")
     ap.add_argument("--compare", type=Path, help="an earlier --json file: print old vs new medians")
+    ap.add_argument("--profile", action="append", default=[], metavar="KEY",
+                    help="print torch.profiler tables of both sides for ratios whose key starts with KEY")
     ap.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rounds < 5:
@@ -70,6 +72,7 @@ def settings_argv(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     torch.set_num_threads(args.threads)
+    timing.PROFILE[:] = args.profile
     workdir = Path(tempfile.mkdtemp(prefix="rt-bench-"))
     s = Settings(torch.device(args.device), args.amp, args.channels_last, args.compile, args.rounds, args.warmup,
                  args.quick, args.data, workdir)
