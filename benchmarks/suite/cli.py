@@ -42,7 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--channels-last", action="store_true", help="channels_last models and inputs, both sides")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models (compile time is warm-up)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads (%(default)s)")
-    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per ratio (≥ 5)")
+    ap.add_argument("--rounds", type=int, default=9, help="timed rounds per ratio (≥ 5)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls of each side first")
     ap.add_argument("--memory-tasks", default=",".join(MEMORY_TASKS), help="tasks of --only memory (%(default)s)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder")
