@@ -310,6 +310,22 @@ def test_random_weights_defaults_for_detection_keep_what_the_user_set():
     assert (det.freeze_stages, det.norm, train.backbone_lr_mult) == (1, "frozen_bn", 0.1)
 
 
+def test_full_res_skip_is_on_for_random_weights_only_unless_set():
+    from tasks.config import split_values
+    from tasks.runner import follow_weights
+    from tasks.segmentation.config import SegmentationConfig
+
+    def skip(values, user_keys):
+        train, seg = split_values(values, SegmentationConfig)
+        follow_weights(train, seg, user_keys)
+        return seg.full_res_skip
+
+    assert skip({"weights": "none"}, {"weights"}) is True
+    assert skip({}, set()) is False  # pretrained: exactly smp.Unet
+    assert skip({"weights": "none", "full_res_skip": False}, {"weights", "full_res_skip"}) is False
+    assert skip({"full_res_skip": True}, {"full_res_skip"}) is True
+
+
 def test_root_help_imports_no_torch():
     code = ("import sys; from cli import cli\n"
             "try: cli(['--help'])\nexcept SystemExit: pass\n"

@@ -65,19 +65,24 @@ def train_step(model, task, batch):
 
 
 # ---- model ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("head", ["unet", "fpn", "deeplabv3plus"])
+@pytest.mark.parametrize("head, skip", [("unet", False), ("unet", True), ("fpn", False), ("deeplabv3plus", False)])
 @pytest.mark.parametrize("hw", [(45, 70), (33, 97), (64, 64)])
-def test_output_size_equals_input_size(head, hw):
-    model = build_segmentation_model("resnet18", num_classes=3, head=head).eval()
+def test_output_size_equals_input_size(head, skip, hw):
+    model = build_segmentation_model("resnet18", num_classes=3, head=head, full_res_skip=skip).eval()
+    assert (model.image_skip is not None) == skip
     with torch.no_grad():
         out = model(torch.randn(2, 3, *hw))
     assert tuple(out.shape) == (2, 3, *hw)
     assert torch.isfinite(out).all()
 
 
-def test_unet_without_full_res_skip_and_frozen_bn():
-    model = build_segmentation_model("resnet18", 4, full_res_skip=False, norm="frozen_bn").eval()
-    assert model.image_skip is None
+def test_unet_without_full_res_skip_is_smp_unet_and_frozen_bn_works():
+    import segmentation_models_pytorch as smp
+
+    model = build_segmentation_model("resnet18", 4, norm="frozen_bn").eval()
+    assert model.image_skip is None  # the default: smp's layout
+    stock = smp.Unet("resnet18", encoder_weights=None, classes=4)
+    assert [p.shape for p in model.decoder.parameters()] == [p.shape for p in stock.decoder.parameters()]
     assert tuple(model(torch.randn(1, 3, 37, 50)).shape) == (1, 4, 37, 50)
     from torchvision.ops import FrozenBatchNorm2d
     assert isinstance(model.encoder.backbone.bn1, FrozenBatchNorm2d)
@@ -115,7 +120,7 @@ def test_every_backbone_builds_and_trains_one_step(name, tmp_path):
 
 def test_freezing_leaves_encoder_stages_unchanged_after_a_step(tmp_path):
     torch.manual_seed(0)
-    model = build_segmentation_model("resnet18", 3, freeze_stages=3)
+    model = build_segmentation_model("resnet18", 3, freeze_stages=3, full_res_skip=True)
     task = task_for(None, tmp_path)
     task.load_meta({"num_classes": 3, "ignore_index": 255, "binary255": False, "class_names": ["a", "b", "c"],
                     "mean": [0.5] * 3, "std": [0.25] * 3})

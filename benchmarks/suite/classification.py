@@ -91,5 +91,5 @@ def fewshot_run(s: Settings, extra: dict) -> list[Ratio]:
         xr = xr.expand(-1, 3, -1, -1) if xr.shape[1] == 1 else xr
         out.append(alternate(f"fewshot/pretrain_step/{label}", engine_step(tr, (x, y), len(y)), ref.step(xr, y),
                              s.device, rounds=s.rounds, warmup=s.warmup,
-                             note=f"ours {x.shape[-1]}px {tuple(x.shape[1:2])}ch b{len(y)} vs reference 64px"))
+                             note=f"ours {x.shape[-1]}px {x.shape[1]}ch b{len(y)} vs reference 64px"))
     return out

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import backbone, classification, detection, memory, report, segmentation
+from . import backbone, classification, detection, memory, report, segmentation, timing
 from .sides import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,12 +42,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--channels-last", action="store_true", help="channels_last models and inputs, both sides")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models (compile time is warm-up)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads (%(default)s)")
-    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per ratio (≥ 5)")
+    ap.add_argument("--rounds", type=int, default=9, help="timed rounds per ratio (≥ 5)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls of each side first")
     ap.add_argument("--memory-tasks", default=",".join(MEMORY_TASKS), help="tasks of --only memory (%(default)s)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder")
     ap.add_argument("--json", type=Path, help="write the ratios, memory and figures here")
     ap.add_argument("--compare", type=Path, help="an earlier --json file: print old vs new medians")
+    ap.add_argument("--profile", action="append", default=[], metavar="KEY",
+                    help="print torch.profiler tables of both sides for ratios whose key starts with KEY")
     ap.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rounds < 5:
@@ -70,6 +72,7 @@ def settings_argv(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     torch.set_num_threads(args.threads)
+    timing.PROFILE[:] = args.profile
     workdir = Path(tempfile.mkdtemp(prefix="rt-bench-"))
     s = Settings(torch.device(args.device), args.amp, args.channels_last, args.compile, args.rounds, args.warmup,
                  args.quick, args.data, workdir)

@@ -1,13 +1,13 @@
 """Peak memory of our training step per task at freeze_stages 0, 3 and 4, each in a fresh process.
 
 CUDA: ``torch.cuda.max_memory_allocated`` over the steps. CPU: the process's peak resident set
-(``ru_maxrss``) minus its RSS just before the first step (model, optimiser and batch already in
-memory), i.e. what training adds: activations, gradients, optimiser state.
+during the steps (``VmHWM``, reset just before them through ``/proc/self/clear_refs``; the peak of
+the whole process is set by imports and data scanning) minus its RSS just before the first step
+(model and batch already in memory), i.e. what training adds: activations, gradients, optimiser state.
 """
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 
@@ -30,9 +30,14 @@ def task_values(task: str, s: Settings) -> dict:
     return {"img_size": size, "batch_size": batch}
 
 
-def rss_mb() -> float:
+def status_mib(field: str) -> float:
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: VmHWM (peak RSS) := current RSS
 
 
 def worker(task: str, freeze: int, s: Settings) -> dict:
@@ -48,14 +53,15 @@ def worker(task: str, freeze: int, s: Settings) -> dict:
         torch.cuda.reset_peak_memory_stats(s.device)
         before = torch.cuda.memory_allocated(s.device) / 2**20
     else:
-        before = rss_mb()
+        reset_peak_rss()
+        before = status_mib("VmRSS")
     for _ in range(3):
         step()
     if cuda:
         torch.cuda.synchronize(s.device)
         peak = torch.cuda.max_memory_allocated(s.device) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = status_mib("VmHWM")
     trainable = sum(p.numel() for p in tr.step_model.parameters() if p.requires_grad)
     return {"peak_mib": round(peak, 1), "step_mib": round(peak - before, 1), "trainable": trainable}
 

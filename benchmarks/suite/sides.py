@@ -66,6 +66,7 @@ def first_batch(trainer: Trainer) -> Any:
 
 def engine_step(trainer: Trainer, batch: Any, n: int) -> Callable[[], None]:
     def step() -> None:
+        trainer.train_module.train()  # as the loop does each epoch; an inference case may have run between
         trainer.batch_iter = iter((batch,))
         trainer.train_step([n], n)
     return step

@@ -33,12 +33,36 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Wall time. (Process CPU time was tried: with two intra-op threads it varied more, since a thread
+# spin-waits while its sibling is descheduled by another job.) A dict so that tests can swap the clock.
+CLOCK = {"fn": time.perf_counter}
+
+
 def timed(fn: Callable[[], object], device: torch.device) -> float:
+    clock = CLOCK["fn"]
     sync(device)
-    t = time.perf_counter()
+    t = clock()
     fn()
     sync(device)
-    return time.perf_counter() - t
+    return clock() - t
+
+
+PROFILE: list[str] = []  # keys (or prefixes) to profile, set by --profile
+
+
+def profile(key: str, ours: Callable[[], object], ref: Callable[[], object], device: torch.device, rows: int = 15
+            ) -> None:
+    """Print torch.profiler's operator table (self CPU time, and CUDA time on a GPU) of one call of each side."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for side, fn in (("ours", ours), ("reference", ref)):
+        with torch_profile(activities=activities) as prof:
+            fn()
+            sync(device)
+        print(f"\n--- profile {key}: {side}\n{prof.key_averages().table(sort_by=sort, row_limit=rows)}", flush=True)
 
 
 def alternate(key: str, ours: Callable[[], object], ref: Callable[[], object], device: torch.device, *,
@@ -52,6 +76,8 @@ def alternate(key: str, ours: Callable[[], object], ref: Callable[[], object], d
         pair = [(ours, t_ours), (ref, t_ref)]
         for fn, out in pair if i % 2 == 0 else reversed(pair):
             out.append(timed(fn, device))
+    if any(key.startswith(p) for p in PROFILE):
+        profile(key, ours, ref, device)
     ratios = [a / b for a, b in zip(t_ours, t_ref)]
     return Ratio(key, statistics.median(ratios), min(ratios), max(ratios), statistics.median(t_ours),
                  statistics.median(t_ref), rounds, note)

@@ -60,7 +60,7 @@ class SegmentationModel(nn.Module):
 def build_segmentation_model(backbone: str, num_classes: int, head: str = "unet",
                              weights: str | None = None, freeze_stages: int = 0, norm: str = "bn",
                              decoder_channels: Sequence[int] | None = None,
-                             full_res_skip: bool = True) -> SegmentationModel:
+                             full_res_skip: bool = False) -> SegmentationModel:
     """A U-Net / FPN / DeepLabV3+ on registry backbone ``backbone``.
 
     Args:
@@ -72,7 +72,7 @@ def build_segmentation_model(backbone: str, num_classes: int, head: str = "unet"
         norm: ``"bn"`` or ``"frozen_bn"`` in the backbone.
         decoder_channels: U-Net widths, deepest first (5 values); FPN/DeepLabV3+ use the first.
         full_res_skip: U-Net only: a small conv branch on the image gives the last decoder block a
-            full-resolution skip (smp's U-Net otherwise has none at stride 1).
+            full-resolution skip (smp's U-Net has none at stride 1); off, the model is ``smp.Unet``.
     """
     import segmentation_models_pytorch as smp
     from segmentation_models_pytorch.base import initialization as init
