@@ -37,6 +37,7 @@ def test_alternate_takes_the_median_of_per_round_ratios_and_flips_the_order(monk
     assert calls == ["ours", "ref", "ours", "ref", "ref", "ours", "ours", "ref"]  # warm-up, then flipped
     assert (r.key, r.rounds, r.median, r.low, r.high) == ("k", 3, 1.5, 1.0, 3.0)
     assert (r.ours_s, r.ref_s) == (3.0, 2.0)  # median seconds of each side
+    assert r.best == 2.0  # fastest ours (2) / fastest reference (1)
 
 
 def test_alternate_ratio_from_real_calls():
@@ -46,7 +47,7 @@ def test_alternate_ratio_from_real_calls():
 
 
 def ratio(key, median, low, high):
-    return Ratio(key, median, low, high, 1.0, 1.0, 5)
+    return Ratio(key, median, low, high, 1.0, 1.0, 5, best=median)
 
 
 def test_json_round_trip_and_compare_flags_changes_beyond_both_spreads(tmp_path):
@@ -55,7 +56,7 @@ def test_json_round_trip_and_compare_flags_changes_beyond_both_spreads(tmp_path)
     report.write_json(path, old, {}, {"suite_s": 1.0}, {"machine": "test"})
     doc = json.loads(path.read_text())
     assert doc["ratios"]["a/train_step"] == {"median": 1.0, "low": 0.98, "high": 1.02, "ours_s": 1.0, "ref_s": 1.0,
-                                             "rounds": 5, "note": ""}
+                                             "rounds": 5, "note": "", "best": 1.0}
     text = report.compare(path, [ratio("a/train_step", 1.20, 1.15, 1.25), ratio("b/inference", 1.05, 0.95, 1.12),
                                  ratio("new", 1, 1, 1)])
     lines = {line.split()[0]: line for line in text.splitlines()[2:]}

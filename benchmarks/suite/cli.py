@@ -6,7 +6,7 @@
 
 Each ratio is the median over ``--rounds`` (≥ 5) rounds in which ours and the reference each run once,
 in alternating order, after untimed warm-up calls (which also absorb torch.compile); the spread is the
-lowest and highest round. Train steps: ours through the engine's real ``Trainer.train_step`` (as set
+lowest and highest round, and "best" the ratio of the two fastest calls (least disturbed by other jobs). Train steps: ours through the engine's real ``Trainer.train_step`` (as set
 up by ``finetune``) with its defaults, and with the reference's settings; the reference is the loop a
 user writes from the timm / smp / torchvision docs (``benchmarks/suite/*.py`` say which). The thread
 count is set once (``--threads``) and recorded. Peak memory per task at freeze 0/3/4 comes from one

@@ -8,11 +8,11 @@ from .timing import Ratio
 
 
 def table(ratios: list[Ratio]) -> str:
-    lines = [f"{'ratio ours/reference':<42} {'median':>7} {'spread':>13} {'ours s':>8} {'ref s':>8}  setting",
-             "-" * 110]
+    lines = [f"{'ratio ours/reference':<40} {'median':>6} {'spread':>13} {'best':>6} {'ours s':>7} {'ref s':>7}  "
+             "setting", "-" * 116]
     for r in ratios:
-        lines.append(f"{r.key:<42} {r.median:7.3f} {r.low:6.3f}–{r.high:<6.3f} {r.ours_s:8.4f} {r.ref_s:8.4f}  "
-                     f"{r.note}")
+        lines.append(f"{r.key:<40} {r.median:6.3f} {r.low:6.3f}–{r.high:<6.3f} {r.best:6.3f} {r.ours_s:7.4f} "
+                     f"{r.ref_s:7.4f}  {r.note}")
     return "\n".join(lines)
 
 

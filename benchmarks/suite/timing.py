@@ -11,7 +11,8 @@ import torch
 
 @dataclass
 class Ratio:
-    """Median of the per-round ratios ours/reference, and their spread (lowest, highest round)."""
+    """Median of the per-round ratios ours/reference, and their spread (lowest, highest round); ``best``
+    is the ratio of the two fastest calls, the figure least disturbed by other jobs on a shared machine."""
 
     key: str
     median: float
@@ -21,6 +22,7 @@ class Ratio:
     ref_s: float
     rounds: int
     note: str = ""
+    best: float = float("nan")
 
     def as_json(self) -> dict:
         d = asdict(self)
@@ -80,4 +82,4 @@ def alternate(key: str, ours: Callable[[], object], ref: Callable[[], object], d
         profile(key, ours, ref, device)
     ratios = [a / b for a, b in zip(t_ours, t_ref)]
     return Ratio(key, statistics.median(ratios), min(ratios), max(ratios), statistics.median(t_ours),
-                 statistics.median(t_ref), rounds, note)
+                 statistics.median(t_ref), rounds, note, min(t_ours) / min(t_ref))
