@@ -40,4 +40,7 @@ def run(s: Settings, extra: dict) -> list[Ratio]:
 
         out.append(alternate(f"backbone/forward/{arch}", call(run_ours), call(run_tv), s.device,
                              rounds=s.rounds, warmup=s.warmup, note=f"c2…c5 dict vs conv1…layer4, {size}px b{batch}"))
+    # The same call on both sides: how far from 1.000 this machine's noise alone moves a ratio today.
+    out.append(alternate("control/same_call", call(run_tv), call(run_tv), s.device, rounds=s.rounds,
+                         warmup=s.warmup, note=f"torchvision resnet50 vs itself (noise floor), {size}px b{batch}"))
     return out
