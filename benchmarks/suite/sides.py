@@ -100,16 +100,8 @@ class Plain:
         self.opt = opt(params) if opt else torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def to_device(self, obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            obj = obj.to(self.s.device, non_blocking=True)
-            if self.s.channels_last and obj.dim() == 4:
-                obj = obj.contiguous(memory_format=torch.channels_last)
-            return obj
-        if isinstance(obj, dict):
-            return {k: self.to_device(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(self.to_device(v) for v in obj)
-        return obj
+        # the same host-to-device move as ours (Runtime.to_device): not a difference worth timing
+        return Runtime(self.s.device, None, self.s.channels_last).to_device(obj)
 
     def step(self, inputs: Any, targets: Any) -> Callable[[], None]:
         def step() -> None:
