@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 # Settings that may differ when resuming (they do not change the result, only where it runs or what it logs).
 RESUME_OVERRIDABLE = {"device", "workers", "log_every", "logger"}
 # With random initial weights there is nothing worth protecting: train everything, at one learning rate.
-# U-Net's full-resolution image skip: +0.10-0.20 mIoU from random weights (demo, ISBI; docs/benchmarks.md)
-# for 8-10 % more step time; with pretrained encoders smp's own layout (no skip) is the default.
+# U-Net's full-resolution image skip: +0.10-0.20 mIoU from random weights with resnet18 (demo, ISBI; not
+# with resnet34; docs/benchmarks.md) for 8-12 % more step time; with pretrained encoders smp's own layout.
 RANDOM_INIT_DEFAULTS = {"freeze_stages": 0, "norm": "bn", "backbone_lr_mult": 1.0, "full_res_skip": True}
 
 

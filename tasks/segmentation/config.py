@@ -43,7 +43,7 @@ class SegmentationConfig(TaskConfig):
         None, "U-Net decoder widths, deepest first (default 256,128,64,32,16); FPN/DeepLabV3+: first value.",
         ge=1)
     full_res_skip: bool = option(False, "U-Net: add a full-resolution skip from the image (sharper edges, "
-                                        "8-10 % more step time; on by default with random initial weights, "
+                                        "8-12 % more step time; on by default with random initial weights, "
                                         "where it was measured to pay; off: exactly smp.Unet).")
     aug_scale: float = option(0.25, "Training rescale factor drawn from [1 - s, 1 + s] before cropping (0 = off).",
                                ge=0, lt=1)
