@@ -71,7 +71,8 @@ def run_suite(*args: str, env: dict | None = None) -> subprocess.CompletedProces
 
 
 @pytest.mark.parametrize("args, message", [(["--rounds", "4"], "--rounds must be 5 or more"),
-                                           (["--only", "backbone,nope"], "--only: unknown nope")])
+                                           (["--only", "backbone,nope"], "--only: unknown nope"),
+                                           (["--data", "/no/such/dir"], "--data /no/such/dir: no such folder")])
 def test_suite_refuses_bad_arguments(args, message):
     res = run_suite(*args)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr

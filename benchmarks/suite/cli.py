@@ -57,6 +57,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.only.split(",")) - {*CASES, "memory"}
     if unknown:
         ap.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join([*CASES, 'memory'])}")
+    needs_data = {"classification", "fewshot", "segmentation", "memory"} & set(args.only.split(","))
+    if needs_data and not args.data.is_dir():
+        ap.error(f"--data {args.data}: no such folder; {', '.join(sorted(needs_data))} read the shared data "
+                 "(hymenoptera_data, omniglot, isbi_membrane): pass --data DIR")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here")
     return args
