@@ -74,20 +74,25 @@ def run_with_own_runtime(fmt: str, path: Path, x):
     return [module(x)]
 
 
-@pytest.fixture(scope="module")
-def exported(runs, tmp_path_factory):
-    """``exported(task, fmt)`` → (file, CLI output) of a ``--dynamic`` export, made once per module."""
+def memoised_exports(runs, tmp_path_factory, prefix: str, flags):
+    """``get(task, fmt)`` → (file, CLI output) of ``export`` with ``flags(task, fmt)``, made once each."""
     done: dict[tuple[str, str], tuple[Path, str]] = {}
 
     def get(task: str, fmt: str) -> tuple[Path, str]:
         if (task, fmt) not in done:
-            out = tmp_path_factory.mktemp("export") / f"model{FORMATS[fmt]}"
-            r = invoke("export", "--checkpoint", runs[task][0], "--format", fmt, "--out", out, "--dynamic")
+            out = tmp_path_factory.mktemp(prefix) / f"model{FORMATS[fmt]}"
+            r = invoke("export", "--checkpoint", runs[task][0], "--format", fmt, "--out", out, *flags(task, fmt))
             assert r.exit_code == 0, r.output
             done[task, fmt] = out, r.output
         return done[task, fmt]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    """``exported(task, fmt)`` → (file, CLI output) of a ``--dynamic`` export, made once per module."""
+    return memoised_exports(runs, tmp_path_factory, "export", lambda task, fmt: ["--dynamic"])
 
 
 @pytest.mark.parametrize("task,fmt", CASES)
@@ -183,18 +188,8 @@ SLOW_FP16 = {("segmentation", "onnx"), ("segmentation", "exported-program")}
 @pytest.fixture(scope="module")
 def exported_fp16(runs, tmp_path_factory):
     """``exported_fp16(task, fmt)`` → (file, CLI output) of an fp16 export with the flags of ``FP16_CASES``."""
-    done: dict[tuple[str, str], tuple[Path, str]] = {}
-
-    def get(task: str, fmt: str) -> tuple[Path, str]:
-        if (task, fmt) not in done:
-            out = tmp_path_factory.mktemp("fp16") / f"model{FORMATS[fmt]}"
-            r = invoke("export", "--checkpoint", runs[task][0], "--format", fmt, "--out", out, "--precision", "fp16",
-                       "--samples", 2, *FP16_CASES[task, fmt])
-            assert r.exit_code == 0, r.output
-            done[task, fmt] = out, r.output
-        return done[task, fmt]
-
-    return get
+    return memoised_exports(runs, tmp_path_factory, "fp16",
+                            lambda task, fmt: ["--precision", "fp16", "--samples", 2, *FP16_CASES[task, fmt]])
 
 
 def file_dtypes(fmt: str, path: Path) -> tuple[str | None, set[str]]:
