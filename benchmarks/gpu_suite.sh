@@ -12,9 +12,9 @@ PY=${PYTHON:-python}
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 if [[ -n "${DRY_RUN:-}" ]]; then
-  DEV=cpu; SIZE=(--quick --only backbone --rounds 5 --warmup 1); LIMIT=300; SHORT=300; COMPILED=backbone
+  DEV=cpu; SIZE=(--quick --only backbone --rounds 5 --seconds 0 --warmup 1); LIMIT=300; SHORT=300; COMPILED=backbone
 else
-  DEV=cuda; SIZE=(--only backbone,classification,fewshot,segmentation,detection); LIMIT=80; SHORT=60
+  DEV=cuda; SIZE=(--only backbone,classification,fewshot,segmentation,detection --seconds 2); LIMIT=80; SHORT=60
   COMPILED=backbone,classification,segmentation  # detection: graph breaks, minutes of compiling
 fi
 failed=0

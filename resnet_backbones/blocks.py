@@ -25,8 +25,9 @@ class BasicBlock(tv.BasicBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(self.drop_path(out) + identity)
+        out = self.drop_path(self.bn2(self.conv2(out)))
+        out += identity  # in place, as torchvision and timm do: no new tensor per block
+        return self.relu(out)
 
 
 class Bottleneck(tv.Bottleneck):
@@ -40,8 +41,9 @@ class Bottleneck(tv.Bottleneck):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(self.drop_path(out) + identity)
+        out = self.drop_path(self.bn3(self.conv3(out)))
+        out += identity
+        return self.relu(out)
 
 
 DROP_PATH_BLOCKS = {tv.BasicBlock: BasicBlock, tv.Bottleneck: Bottleneck}

@@ -40,6 +40,19 @@ def test_alternate_takes_the_median_of_per_round_ratios_and_flips_the_order(monk
     assert r.best == 2.0  # fastest ours (2) / fastest reference (1)
 
 
+
+def test_alternate_adds_rounds_until_seconds_up_to_ten_times_rounds(monkeypatch):
+    clock = itertools.count()
+    monkeypatch.setitem(timing.CLOCK, "fn", lambda: float(next(clock)))  # every call "takes" 1 s
+
+    def call():
+        return None
+
+    assert timing.alternate("k", call, call, torch.device("cpu"), rounds=5, warmup=0).rounds == 5
+    # 2 s per round: 7 rounds reach 14 s of timed calls
+    assert timing.alternate("k", call, call, torch.device("cpu"), rounds=5, warmup=0, seconds=13).rounds == 7
+    assert timing.alternate("k", call, call, torch.device("cpu"), rounds=5, warmup=0, seconds=1e6).rounds == 50
+
 def test_alternate_ratio_from_real_calls():
     r = timing.alternate("sum", lambda: sum(range(20000)), lambda: sum(range(10000)), torch.device("cpu"),
                          rounds=5, warmup=1)

@@ -6,7 +6,7 @@ import torch
 from resnet_backbones import create_backbone
 
 from .sides import Settings
-from .timing import Ratio, alternate
+from .timing import Ratio
 
 
 def run(s: Settings, extra: dict) -> list[Ratio]:
@@ -38,9 +38,9 @@ def run(s: Settings, extra: dict) -> list[Ratio]:
                     return fn(x)
             return f
 
-        out.append(alternate(f"backbone/forward/{arch}", call(run_ours), call(run_tv), s.device,
-                             rounds=s.rounds, warmup=s.warmup, note=f"c2…c5 dict vs conv1…layer4, {size}px b{batch}"))
+        out.append(s.ratio(f"backbone/forward/{arch}", call(run_ours), call(run_tv),
+                           note=f"c2…c5 dict vs conv1…layer4, {size}px b{batch}"))
     # The same call on both sides: how far from 1.000 this machine's noise alone moves a ratio today.
-    out.append(alternate("control/same_call", call(run_tv), call(run_tv), s.device, rounds=s.rounds,
-                         warmup=s.warmup, note=f"torchvision resnet50 vs itself (noise floor), {size}px b{batch}"))
+    out.append(s.ratio("control/same_call", call(run_tv), call(run_tv),
+                       note=f"torchvision resnet50 vs itself (noise floor), {size}px b{batch}"))
     return out

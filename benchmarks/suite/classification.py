@@ -6,8 +6,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from .sides import Plain, Settings, engine_infer, engine_step, first_batch, our_trainer
-from .timing import Ratio, alternate, timed
+from .sides import Plain, Settings, engine_infer, engine_step, first_batch, our_trainer, size_batch
+from .timing import Ratio
 
 # What the PyTorch transfer-learning tutorial's loop does: plain CE, SGD with momentum, a step schedule.
 TUTORIAL = {"optimizer": "sgd", "label_smoothing": 0.0, "weight_decay": 1e-4, "warmup_epochs": 0.0,
@@ -26,7 +26,7 @@ def run(s: Settings, extra: dict) -> list[Ratio]:
     import timm
 
     data = s.data / "hymenoptera_data"
-    size, batch = (112, 16) if s.quick else (224, 32)
+    size, batch = size_batch("classification", s)
     out = []
     for label, values in (("defaults", {}), ("ref_settings", TUTORIAL)):
         tr = our_trainer("classification", {"data": str(data), "backbone": "resnet18", "weights": None,
@@ -35,11 +35,11 @@ def run(s: Settings, extra: dict) -> list[Ratio]:
         torch.manual_seed(0)
         ref = Plain(timm.create_model("resnet18", num_classes=len(tr.task.classes)), ce, s)
         note = f"resnet18 {size}px b{batch} vs timm + SGD loop"
-        out.append(alternate(f"classification/train_step/{label}", engine_step(tr, (x, y), len(y)),
-                             ref.step(x, y), s.device, rounds=s.rounds, warmup=s.warmup, note=note))
+        out.append(s.ratio(f"classification/train_step/{label}", engine_step(tr, (x, y), len(y)),
+                           ref.step(x, y), note=note))
         if label == "defaults":
-            out.append(alternate("classification/inference", engine_infer(tr, x, s), ref.infer(x), s.device,
-                                 rounds=s.rounds, warmup=s.warmup, note=f"eval forward, b{batch}"))
+            out.append(s.ratio("classification/inference", engine_infer(tr, x, s), ref.infer(x),
+                               note=f"eval forward, b{batch}"))
             out.append(loader_ratio(tr, data, size, batch, s, extra, out[0].ours_s))
     return out
 
@@ -64,8 +64,8 @@ def loader_ratio(tr, data, size: int, batch: int, s: Settings, extra: dict, step
     def drain(loader):
         return lambda: list(itertools.islice(iter(loader), batches))
 
-    r = alternate("classification/loader", drain(ours), drain(ref), s.device, rounds=s.rounds, warmup=1,
-                  note=f"{batches} batches of {batch}, {workers} workers, fresh iterator")
+    r = s.ratio("classification/loader", drain(ours), drain(ref), warmup=1,
+                note=f"{batches} batches of {batch}, {workers} workers, fresh iterator")
     images_s = batches * batch / r.ours_s
     extra["classification/loader_images_per_s"] = round(images_s, 1)
     extra["classification/train_step_images_per_s"] = round(batch / step_s, 1)
@@ -89,7 +89,6 @@ def fewshot_run(s: Settings, extra: dict) -> list[Ratio]:
                     lambda m, a, b: ce(m, a, b, 0.1), s, timm_sgd(nesterov=True, lr=0.1, wd=5e-4))
         xr = x if x.shape[-1] == 64 else F.interpolate(x, size=64, mode="bilinear")  # the reference's 64 px
         xr = xr.expand(-1, 3, -1, -1) if xr.shape[1] == 1 else xr
-        out.append(alternate(f"fewshot/pretrain_step/{label}", engine_step(tr, (x, y), len(y)), ref.step(xr, y),
-                             s.device, rounds=s.rounds, warmup=s.warmup,
-                             note=f"ours {x.shape[-1]}px {x.shape[1]}ch b{len(y)} vs reference 64px"))
+        out.append(s.ratio(f"fewshot/pretrain_step/{label}", engine_step(tr, (x, y), len(y)), ref.step(xr, y),
+                           note=f"ours {x.shape[-1]}px {x.shape[1]}ch b{len(y)} vs reference 64px"))
     return out

@@ -4,13 +4,14 @@
     python -m benchmarks --quick --compare docs/benchmarks-quick.json     # this commit vs the recorded one
     python -m benchmarks --device cuda --amp --channels-last [--compile]  # the GPU path (gpu_suite.sh)
 
-Each ratio is the median over ``--rounds`` (≥ 5) rounds in which ours and the reference each run once,
-in alternating order, after untimed warm-up calls (which also absorb torch.compile); the spread is the
-lowest and highest round, and "best" the ratio of the two fastest calls (least disturbed by other jobs). Train steps: ours through the engine's real ``Trainer.train_step`` (as set
-up by ``finetune``) with its defaults, and with the reference's settings; the reference is the loop a
-user writes from the timm / smp / torchvision docs (``benchmarks/suite/*.py`` say which). The thread
-count is set once (``--threads``) and recorded. Peak memory per task at freeze 0/3/4 comes from one
-fresh process per setting.
+Each ratio is the median over ``--rounds`` (≥ 5) rounds, or more until the timed calls add up to
+``--seconds``, in which ours and the reference each run once, in alternating order, after untimed
+warm-up calls (which also absorb torch.compile); the spread is the lowest and highest round, and
+"best" the ratio of the two fastest calls (least disturbed by other jobs). Train steps: ours through
+the engine's real ``Trainer.train_step`` (as set up by ``finetune``) with its defaults, and with the
+reference's settings; the reference is the loop a user writes from the timm / smp / torchvision docs
+(``benchmarks/suite/*.py`` say which). The thread count is set once (``--threads``) and recorded.
+Peak memory per task at freeze 0/3/4 comes from one fresh process per setting.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true", help="torch.compile both models (compile time is warm-up)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads (%(default)s)")
     ap.add_argument("--rounds", type=int, default=9, help="timed rounds per ratio (≥ 5)")
+    ap.add_argument("--seconds", type=float, default=25.0,
+                    help="more rounds until a ratio's timed calls add up to this (≤ 10× --rounds; %(default)s)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls of each side first")
     ap.add_argument("--memory-tasks", default=",".join(MEMORY_TASKS), help="tasks of --only memory (%(default)s)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder")
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     timing.PROFILE[:] = args.profile
     workdir = Path(tempfile.mkdtemp(prefix="rt-bench-"))
     s = Settings(torch.device(args.device), args.amp, args.channels_last, args.compile, args.rounds, args.warmup,
-                 args.quick, args.data, workdir)
+                 args.seconds, args.quick, args.data, workdir)
     try:
         if args.memory_worker:
             import json
@@ -98,7 +101,8 @@ def run(args: argparse.Namespace, s: Settings) -> None:
     only = args.only.split(",")
     meta = {"machine": machine(s.device), "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
             "threads": args.threads, "device": args.device, "amp": args.amp, "channels_last": args.channels_last,
-            "compile": args.compile, "quick": args.quick, "rounds": args.rounds, "warmup": args.warmup,
+            "compile": args.compile, "quick": args.quick, "rounds": args.rounds, "seconds": args.seconds,
+            "warmup": args.warmup,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(f"machine: {meta['machine']}\ncommand: {meta['command']}", flush=True)
     t0 = time.perf_counter()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .sides import Plain, Settings, engine_infer, engine_step, first_batch, our_trainer
-from .timing import Ratio, alternate
+from .sides import Plain, Settings, engine_infer, engine_step, first_batch, our_trainer, size_batch
+from .timing import Ratio
 
 
 def torchvision_fpn(arch: str, num_classes: int, size: int, **settings) -> nn.Module:
@@ -24,7 +24,8 @@ def run(s: Settings, extra: dict) -> list[Ratio]:
     from tasks.detection.heads import HEAD_DEFAULTS
     from tasks.detection.pretrained import our_keys
 
-    arch, size, batch = ("resnet18", 256, 2) if s.quick else ("resnet50", 512, 2)
+    arch = "resnet18" if s.quick else "resnet50"
+    size, batch = size_batch("detection", s)
     tr = our_trainer("detection", {"backbone": arch, "weights": None, "img_size": size, "batch_size": batch},
                      s, "det")
     images, targets = first_batch(tr)
@@ -45,8 +46,7 @@ def run(s: Settings, extra: dict) -> list[Ratio]:
         ref = Plain(tv, loss, s)
         note = (f"{arch} FPN, min side {size}, b{batch}: " +
                 ("ours' defaults vs torchvision's" if not settings else "torchvision set as ours, same weights"))
-        out.append(alternate(f"detection/train_step/{label}", engine_step(tr, (images, targets), len(images)),
-                             ref.step(images, targets), s.device, rounds=s.rounds, warmup=s.warmup, note=note))
-        out.append(alternate(f"detection/inference/{label}", engine_infer(tr, images, s), ref.infer(images),
-                             s.device, rounds=s.rounds, warmup=s.warmup, note=note))
+        out.append(s.ratio(f"detection/train_step/{label}", engine_step(tr, (images, targets), len(images)),
+                           ref.step(images, targets), note=note))
+        out.append(s.ratio(f"detection/inference/{label}", engine_infer(tr, images, s), ref.infer(images), note=note))
     return out

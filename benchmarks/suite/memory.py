@@ -13,21 +13,17 @@ import sys
 
 import torch
 
-from .sides import Settings, engine_step, first_batch, our_trainer
+from .sides import Settings, engine_step, first_batch, our_trainer, size_batch
 
 FREEZES = (0, 3, 4)
 
 
 def task_values(task: str, s: Settings) -> dict:
     """The data, image size and batch of each task's timing case."""
-    if task == "classification":
-        size, batch = (112, 16) if s.quick else (224, 32)
-        return {"data": str(s.data / "hymenoptera_data"), "img_size": size, "batch_size": batch}
-    if task == "segmentation":
-        size, batch = (128, 4) if s.quick else (256, 8)
-        return {"data": str(s.data / "isbi_membrane"), "img_size": size, "batch_size": batch}
-    size, batch = (256, 2) if s.quick else (512, 2)
-    return {"img_size": size, "batch_size": batch}
+    size, batch = size_batch(task, s)
+    data = {"classification": {"data": str(s.data / "hymenoptera_data")},
+            "segmentation": {"data": str(s.data / "isbi_membrane")}}.get(task, {})  # detection: its demo set
+    return {**data, "img_size": size, "batch_size": batch}
 
 
 def status_mib(field: str) -> float:

@@ -21,6 +21,8 @@ from tasks.engine.runtime import Runtime
 from tasks.engine.trainer import Trainer
 from tasks.runner import follow_weights, merge_values
 
+from .timing import Ratio, alternate
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -30,14 +32,30 @@ class Settings:
     compile: bool  # torch.compile both models; compilation happens in the untimed warm-up
     rounds: int
     warmup: int
+    seconds: float  # timed seconds per ratio at least (more rounds for cheap calls)
     quick: bool
     data: Path  # ../shared/data
     workdir: Path
+
+    def ratio(self, key: str, ours: Callable[[], object], ref: Callable[[], object], note: str,
+              warmup: int | None = None) -> Ratio:
+        """Ours / the reference, timed in alternation with these settings (:func:`timing.alternate`)."""
+        return alternate(key, ours, ref, self.device, rounds=self.rounds, seconds=self.seconds, note=note,
+                         warmup=self.warmup if warmup is None else warmup)
 
     def autocast(self):
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+# (image size, batch) of each task's timing and memory cases: (--quick, full)
+SIZES = {"classification": ((112, 16), (224, 32)), "segmentation": ((128, 4), (256, 8)),
+         "detection": ((256, 2), (512, 2))}
+
+
+def size_batch(task: str, s: Settings) -> tuple[int, int]:
+    return SIZES[task][0 if s.quick else 1]
 
 
 def our_trainer(task: str, values: dict[str, Any], s: Settings, name: str, config: str | None = None) -> Trainer:
@@ -55,6 +73,17 @@ def our_trainer(task: str, values: dict[str, Any], s: Settings, name: str, confi
         trainer.train_module = torch.compile(trainer.step_model)
     trainer.train_module.train()
     return trainer
+
+
+def weights_file(arch: str, s: Settings) -> str:
+    """A local file in the download's format (torchvision's state dict, random values): with it ours takes the
+    defaults a user gets from ``--weights imagenet`` (the default), offline. Speed does not depend on the values."""
+    import torchvision
+
+    path = s.workdir / f"{arch}-torchvision-format.pth"
+    if not path.exists():
+        torch.save(torchvision.models.get_model(arch, weights=None).state_dict(), path)
+    return str(path)
 
 
 def first_batch(trainer: Trainer) -> Any:
@@ -91,6 +120,8 @@ class Plain:
     def __init__(self, model: nn.Module, loss: Callable[[nn.Module, Any, Any], torch.Tensor], s: Settings,
                  opt: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None) -> None:
         self.s = s
+        # the same host-to-device move as ours (Runtime.to_device): not a difference worth timing
+        self.rt = Runtime(s.device, None, s.channels_last)
         self.model = model.to(s.device)
         if s.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -100,8 +131,7 @@ class Plain:
         self.opt = opt(params) if opt else torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def to_device(self, obj: Any) -> Any:
-        # the same host-to-device move as ours (Runtime.to_device): not a difference worth timing
-        return Runtime(self.s.device, None, self.s.channels_last).to_device(obj)
+        return self.rt.to_device(obj)
 
     def step(self, inputs: Any, targets: Any) -> Callable[[], None]:
         def step() -> None:

@@ -67,19 +67,27 @@ def profile(key: str, ours: Callable[[], object], ref: Callable[[], object], dev
         print(f"\n--- profile {key}: {side}\n{prof.key_averages().table(sort_by=sort, row_limit=rows)}", flush=True)
 
 
+MAX_ROUNDS_FACTOR = 10  # --seconds adds rounds up to this many times --rounds
+
+
 def alternate(key: str, ours: Callable[[], object], ref: Callable[[], object], device: torch.device, *,
-              rounds: int, warmup: int, note: str = "") -> Ratio:
-    """``warmup`` untimed calls of each (allocator, autotuning, torch.compile), then ``rounds`` rounds of
-    one call each; the order flips every round so that neither always runs on a cache the other warmed."""
+              rounds: int, warmup: int, seconds: float = 0.0, note: str = "") -> Ratio:
+    """``warmup`` untimed calls of each (allocator, autotuning, torch.compile), then at least ``rounds``
+    rounds of one call each, and more until the timed calls add up to ``seconds`` (at most
+    ``MAX_ROUNDS_FACTOR × rounds``): a cheap call, whose bar is tighter, gets more rounds. The order flips
+    every round so that neither always runs on a cache the other warmed."""
     for _ in range(warmup):
         ours(), ref()
-    t_ours, t_ref = [], []
-    for i in range(rounds):
+    t_ours: list[float] = []
+    t_ref: list[float] = []
+    i = 0
+    while i < rounds or (sum(t_ours) + sum(t_ref) < seconds and i < MAX_ROUNDS_FACTOR * rounds):
         pair = [(ours, t_ours), (ref, t_ref)]
         for fn, out in pair if i % 2 == 0 else reversed(pair):
             out.append(timed(fn, device))
+        i += 1
     if any(key.startswith(p) for p in PROFILE):
         profile(key, ours, ref, device)
     ratios = [a / b for a, b in zip(t_ours, t_ref)]
     return Ratio(key, statistics.median(ratios), min(ratios), max(ratios), statistics.median(t_ours),
-                 statistics.median(t_ref), rounds, note, min(t_ours) / min(t_ref))
+                 statistics.median(t_ref), i, note, min(t_ours) / min(t_ref))
