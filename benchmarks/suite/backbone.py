@@ -5,7 +5,7 @@ import torch
 
 from resnet_backbones import create_backbone
 
-from .sides import Settings
+from .sides import Settings, size_batch
 from .timing import Ratio
 
 
@@ -14,7 +14,7 @@ def run(s: Settings, extra: dict) -> list[Ratio]:
     from torchvision.models._utils import IntermediateLayerGetter
 
     out = []
-    size, batch = (128, 8) if s.quick else (224, 16)
+    size, batch = size_batch("backbone", s)
     for arch in ("resnet18", "resnet50"):
         torch.manual_seed(0)
         tv = torchvision.models.get_model(arch, weights=None).to(s.device).eval()

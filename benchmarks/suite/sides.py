@@ -50,8 +50,8 @@ class Settings:
 
 
 # (image size, batch) of each task's timing and memory cases: (--quick, full)
-SIZES = {"classification": ((112, 16), (224, 32)), "segmentation": ((128, 4), (256, 8)),
-         "detection": ((256, 2), (512, 2))}
+SIZES = {"backbone": ((128, 8), (224, 16)), "classification": ((112, 16), (224, 32)),
+         "segmentation": ((128, 4), (256, 8)), "detection": ((256, 2), (512, 2))}
 
 
 def size_batch(task: str, s: Settings) -> tuple[int, int]:
