@@ -104,7 +104,8 @@ def test_gpu_suite_cpu_dry_run_writes_every_json(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     for name in ("fp32", "amp_channels_last", "compile"):
         ratios = json.loads((tmp_path / f"{name}.json").read_text())["ratios"]
-        assert set(ratios) == {"backbone/forward/resnet18", "backbone/forward/resnet50", "control/same_call"}
+        assert set(ratios) == {f"backbone/{k}/{arch}" for k in ("forward", "forward_c5")
+                               for arch in ("resnet18", "resnet50")} | {"control/same_call"}
         assert all(r["low"] <= r["median"] <= r["high"] for r in ratios.values())
     mem = json.loads((tmp_path / "memory.json").read_text())["memory"]["classification"]
     assert set(mem) == {"0", "3", "4"} and mem["4"]["trainable"] < mem["3"]["trainable"] < mem["0"]["trainable"]
