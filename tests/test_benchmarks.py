@@ -84,6 +84,7 @@ def run_suite(*args: str, env: dict | None = None) -> subprocess.CompletedProces
 
 
 @pytest.mark.parametrize("args, message", [(["--rounds", "4"], "--rounds must be 5 or more"),
+                                           (["--seconds", "-1"], "--seconds must be 0 or more"),
                                            (["--only", "backbone,nope"], "--only: unknown nope"),
                                            (["--data", "/no/such/dir"], "--data /no/such/dir: no such folder")])
 def test_suite_refuses_bad_arguments(args, message):

@@ -57,6 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.rounds < 5:
         ap.error("--rounds must be 5 or more: a median of fewer alternated rounds is noise")
+    if args.seconds < 0:
+        ap.error(f"--seconds must be 0 or more (timed seconds per ratio), got {args.seconds}")
     unknown = set(args.only.split(",")) - {*CASES, "memory"}
     if unknown:
         ap.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join([*CASES, 'memory'])}")

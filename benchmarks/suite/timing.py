@@ -80,11 +80,12 @@ def alternate(key: str, ours: Callable[[], object], ref: Callable[[], object], d
         ours(), ref()
     t_ours: list[float] = []
     t_ref: list[float] = []
-    i = 0
-    while i < rounds or (sum(t_ours) + sum(t_ref) < seconds and i < MAX_ROUNDS_FACTOR * rounds):
+    i, total = 0, 0.0
+    while i < rounds or (total < seconds and i < MAX_ROUNDS_FACTOR * rounds):
         pair = [(ours, t_ours), (ref, t_ref)]
         for fn, out in pair if i % 2 == 0 else reversed(pair):
             out.append(timed(fn, device))
+            total += out[-1]
         i += 1
     if any(key.startswith(p) for p in PROFILE):
         profile(key, ours, ref, device)

@@ -40,7 +40,7 @@ def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimiz
     # which on CPU are a Python loop of small ops per parameter. ResNet-18, 2 CPU threads, one step:
     # SGD 31 → 6 ms, AdamW 41 → 8 ms (foreach 40 ms), i.e. 5-7 % of a 112 px classification step.
     # The result is as close to a float64 optimiser as the loop's (same max error) and deterministic,
-    # so accumulation and --resume stay exact (tests/test_training_features.py, tests/test_resume.py).
+    # so accumulation and --resume stay exact (tests/test_training_features.py, tests/test_engine.py).
     if cfg.optimizer == "sgd":
         cls, kw = torch.optim.SGD, {"momentum": 0.9, "nesterov": True}
     else:
